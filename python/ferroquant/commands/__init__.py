@@ -1,0 +1,1 @@
+"""Subcommands of the ferroquant CLI, one module each."""

@@ -1,0 +1,13 @@
+//! ferroquant's Rust core: GGUF block formats, and (in later modules) the GPTQ
+//! column updates and CPU kernels. The Python bindings live in `bindings/` and are
+//! compiled only with the `python` feature, so the core builds and tests without
+//! libpython.
+
+pub mod error;
+pub mod quants;
+
+#[cfg(feature = "python")]
+mod bindings;
+
+pub use error::{Error, Result};
+pub use quants::QType;
