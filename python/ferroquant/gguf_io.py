@@ -98,7 +98,9 @@ def tensor_bytes(reader: GGUFReader, name: str) -> np.ndarray:
     for t in reader.tensors:
         if t.name == name:
             return np.asarray(t.data).reshape(-1).view(np.uint8)
-    raise GGUFError(f"{reader.data.filename if hasattr(reader.data, 'filename') else 'GGUF'}: no tensor {name!r}")
+    raise GGUFError(
+        f"{reader.data.filename if hasattr(reader.data, 'filename') else 'GGUF'}: no tensor {name!r}"
+    )
 
 
 def read_tensor_f32(reader: GGUFReader, name: str) -> np.ndarray:

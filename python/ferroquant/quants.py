@@ -95,15 +95,17 @@ def quantize(
     return _native.quantize(mat, info.name, weights)
 
 
-def dequantize(
-    data: npt.ArrayLike, qtype: str, shape: tuple[int, int]
-) -> npt.NDArray[np.float32]:
+def dequantize(data: npt.ArrayLike, qtype: str, shape: tuple[int, int]) -> npt.NDArray[np.float32]:
     """Dequantize GGUF blocks of ``qtype`` holding a ``shape`` = (rows, cols) matrix."""
     info = type_info(qtype)
     rows, cols = (int(v) for v in shape)
     raw = np.asarray(data)
     if raw.dtype != np.uint8:
-        raw = raw.view(np.uint8) if raw.flags.c_contiguous else np.ascontiguousarray(raw).view(np.uint8)
+        raw = (
+            raw.view(np.uint8)
+            if raw.flags.c_contiguous
+            else np.ascontiguousarray(raw).view(np.uint8)
+        )
     raw = np.ascontiguousarray(raw).reshape(-1)
     expected = rows * info.row_bytes(cols)
     if raw.size != expected:

@@ -12,9 +12,7 @@ from ..gguf_io import metadata, open_gguf, tensor_infos
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="a GGUF file")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument(
-        "--no-tensors", action="store_true", help="leave the per-tensor table out"
-    )
+    parser.add_argument("--no-tensors", action="store_true", help="leave the per-tensor table out")
 
 
 def summarize(path: str) -> dict:

@@ -1,0 +1,185 @@
+"""Quantize / dequantize throughput per GGUF type, against the peers measured in the same run.
+
+Peers: gguf-py's numpy kernels (``gguf.quants``) for every type it implements, and llama.cpp's
+own quantizer (``ggml_quantize_chunk`` from the ggml library that llama-cpp-python bundles,
+single-threaded) for the rest. MB/s counts float32 input bytes (4 bytes per weight) for both
+directions. Dequantize is also put against the machine's memory bandwidth (a numpy copy).
+
+    python benches/bench_quants.py --out benches/results          # all cores
+    RAYON_NUM_THREADS=1 python benches/bench_quants.py --threads-label 1 ...
+
+Writes ``bench_quants.json`` and ``bench_quants.md`` into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from gguf import GGMLQuantizationType
+from gguf import quants as gq
+
+from ferroquant import quants
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+try:
+    import ggml_peer  # type: ignore[import-not-found]
+except Exception:  # llama-cpp-python missing: the llama.cpp column stays empty
+    ggml_peer = None
+
+GGUF_PY_QUANTIZES = {"F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}
+
+
+def best_of(fn: Callable[[], object], min_time: float = 0.6, max_runs: int = 20) -> float:
+    """Fastest wall time of repeated runs (at least 2, until ``min_time`` has passed)."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 2 or (time.perf_counter() - start < min_time and len(times) < max_runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def mbps(n_weights: int, seconds: float) -> float:
+    return n_weights * 4 / seconds / 1e6
+
+
+def memory_bandwidth_gbps() -> float:
+    """Copy bandwidth (read + write bytes) of a 256 MB numpy copy."""
+    src = np.ones(64 << 20, dtype=np.float32)
+    dst = np.empty_like(src)
+    t = best_of(lambda: np.copyto(dst, src))
+    return 2 * src.nbytes / t / 1e9
+
+
+def bench_type(name: str, x: np.ndarray, peer_rows: int) -> dict[str, Optional[float]]:
+    rows, cols = x.shape
+    n = x.size
+    gt = GGMLQuantizationType[name]
+    q = quants.quantize(x, name)
+    row: dict[str, Optional[float]] = {
+        "quantize_mbps": mbps(n, best_of(lambda: quants.quantize(x, name))),
+        "dequantize_mbps": mbps(n, best_of(lambda: quants.dequantize(q, name, (rows, cols)))),
+        "gguf_py_quantize_mbps": None,
+        "gguf_py_dequantize_mbps": None,
+        "llama_cpp_quantize_mbps": None,
+    }
+    if name in GGUF_PY_QUANTIZES:
+        row["gguf_py_quantize_mbps"] = mbps(n, best_of(lambda: gq.quantize(x, gt)))
+    if name != "F32":
+        row["gguf_py_dequantize_mbps"] = mbps(n, best_of(lambda: gq.dequantize(q, gt)))
+    if ggml_peer is not None and name not in ("F32",):
+        sub = np.ascontiguousarray(x[:peer_rows])
+        row["llama_cpp_quantize_mbps"] = mbps(
+            sub.size, best_of(lambda: ggml_peer.quantize(sub, name))
+        )
+    return row
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
+def fmt(v: Optional[float], spec: str = ".0f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def run(rows: int, cols: int, types: list[str]) -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    results = {}
+    for name in types:
+        results[name] = bench_type(name, x, peer_rows=max(1, rows // 8))
+        print(f"{name:7s} {json.dumps(results[name])}", file=sys.stderr)
+    return results
+
+
+def single_thread_quantize(rows: int, cols: int, types: list[str]) -> dict[str, float]:
+    """Re-run ourselves with one rayon thread for the per-thread numbers."""
+    env = dict(os.environ, RAYON_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--single", "--rows", str(rows // 8), "--cols", str(cols)]
+    cmd += ["--types", ",".join(types)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2048)
+    parser.add_argument("--cols", type=int, default=4096)
+    parser.add_argument("--types", default=",".join(t.name for t in quants.types()))
+    parser.add_argument("--out", type=Path, default=Path("benches/results"))
+    parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
+
+    if args.single:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
+        print(
+            json.dumps({n: mbps(x.size, best_of(lambda n=n: quants.quantize(x, n))) for n in types})
+        )
+        return 0
+
+    results = run(args.rows, args.cols, types)
+    per_thread = single_thread_quantize(args.rows, args.cols, types)
+    bandwidth = memory_bandwidth_gbps()
+    for name, row in results.items():
+        row["quantize_1thread_mbps"] = per_thread[name]
+        row["x_gguf_py_quantize"] = ratio(row["quantize_mbps"], row["gguf_py_quantize_mbps"])
+        row["x_gguf_py_dequantize"] = ratio(row["dequantize_mbps"], row["gguf_py_dequantize_mbps"])
+        row["x_llama_cpp_quantize_1thread"] = ratio(
+            row["quantize_1thread_mbps"], row["llama_cpp_quantize_mbps"]
+        )
+        # Dequantize moves the quantized bytes in and 4 bytes per weight out.
+        bpw = quants.type_info(name).bits_per_weight
+        traffic = row["dequantize_mbps"] * (1 + bpw / 32) / 1e3  # GB/s
+        row["dequantize_fraction_of_bandwidth"] = traffic / bandwidth
+
+    doc = {
+        "bench": "quants",
+        "matrix": [args.rows, args.cols],
+        "threads": os.cpu_count(),
+        "machine": platform.machine(),
+        "memory_copy_gbps": bandwidth,
+        "llama_cpp": ggml_peer.library_path() if ggml_peer is not None else None,
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_quants.json").write_text(json.dumps(doc, indent=2))
+    lines = [
+        f"# Quantize / dequantize throughput ({args.rows}×{args.cols} f32, {os.cpu_count()} cores)",
+        "",
+        f"MB/s of f32 weights. Memory copy bandwidth: {bandwidth:.1f} GB/s. "
+        "llama.cpp = `ggml_quantize_chunk`, one thread; ours (1 thread) beside it.",
+        "",
+        "| type | quantize | gguf-py | × | dequantize | gguf-py | × | of bandwidth "
+        "| quantize 1 thread | llama.cpp 1 thread | × |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {fmt(r['quantize_mbps'])} | {fmt(r['gguf_py_quantize_mbps'])} "
+            f"| {fmt(r['x_gguf_py_quantize'], '.1f')} | {fmt(r['dequantize_mbps'])} "
+            f"| {fmt(r['gguf_py_dequantize_mbps'])} | {fmt(r['x_gguf_py_dequantize'], '.1f')} "
+            f"| {fmt(r['dequantize_fraction_of_bandwidth'], '.2f')} "
+            f"| {fmt(r['quantize_1thread_mbps'])} | {fmt(r['llama_cpp_quantize_mbps'])} "
+            f"| {fmt(r['x_llama_cpp_quantize_1thread'], '.2f')} |"
+        )
+    md = "\n".join(lines) + "\n"
+    (args.out / "bench_quants.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
