@@ -32,8 +32,8 @@ def test_requantizing_the_file_values_reproduces_most_blocks(smollm2_path: Path)
     """Q4_1 of a Q4_1 grid is not always the identity (the f16 scale was rounded), but most
     blocks come back; we and gguf-py must agree on every one."""
     reader = GGUFReader(smollm2_path)
-    for t in reader.tensors[:12]:
-        if t.tensor_type.name not in ("Q4_1", "Q8_0"):
+    for t in reader.tensors[:24]:
+        if t.tensor_type.name not in ("Q4_1", "Q8_0") or t.n_elements > 2_000_000:
             continue
         rows, cols = int(np.prod(t.shape[1:])), int(t.shape[0])
         values = quants.dequantize(t.data, t.tensor_type.name, (rows, cols))
