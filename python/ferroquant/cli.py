@@ -13,6 +13,9 @@ from . import __version__
 # name -> (module, help). The module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("ferroquant.commands.inspect", "show a GGUF file's metadata and tensors"),
+    "convert": ("ferroquant.commands.convert", "convert a Hugging Face checkpoint to GGUF"),
+    "export-hf": ("ferroquant.commands.export_hf", "convert a GGUF model to a Hugging Face checkpoint"),
+    "quantize": ("ferroquant.commands.quantize", "quantize a model (requantize a GGUF file)"),
 }
 
 
