@@ -4,6 +4,8 @@
 //! libpython.
 
 pub mod error;
+pub mod gptq;
+pub mod pack;
 pub mod quants;
 
 #[cfg(feature = "python")]
