@@ -1,73 +1,763 @@
-//! K-quants: 256-weight super-blocks with 6- or 8-bit sub-block scales
-//! (ggml-quants.c `quantize_row_q*_K_ref` and the imatrix-weighted variants).
-//! PLACEHOLDER: layouts only; kernels are being written.
+//! K-quants: 256-weight super-blocks of 16 or 32-weight sub-blocks whose
+//! scales (and mins) are themselves quantized to 4, 6 or 8 bits (ggml-quants.c,
+//! `block_q2_K` .. `block_q6_K`).
+//!
+//! Quantization follows ggml's reference quantizers (`quantize_row_q*_K_ref`)
+//! without an imatrix and ggml's weighted ones (`quantize_row_q*_K_impl`, as
+//! used by `quantize_q*_K` with `quant_weights`) with one, so the bytes match
+//! llama.cpp's files; the scale searches live in [`super::search`].
+//! Dequantization keeps gguf-py's float operation order, so it is bit-exact
+//! with `gguf.quants.dequantize` (e.g. Q4_K: `(d * sc) * q - dmin * m`).
 
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
+use super::search::{
+    make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants,
+    nearest_int, GROUP_MAX_EPS,
+};
 use super::{Block, QType, QK_K};
 
+/// Q2_K: 16 sub-blocks of 16 weights, 2-bit codes, 4-bit scale and min each.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockQ2K {
+    /// Sub-block j: scale in the low nibble, min in the high nibble.
     pub scales: [u8; QK_K / 16],
+    /// Weight 128*g + 32*s + l: bits 2s..2s+2 of byte 32*g + l.
     pub qs: [u8; QK_K / 4],
     pub d: f16,
     pub dmin: f16,
 }
 
+/// Q3_K: 16 sub-blocks of 16 weights, 3-bit codes, signed 6-bit scales.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockQ3K {
+    /// Weight j: third code bit at bit j / 32 of byte j % 32.
     pub hmask: [u8; QK_K / 8],
+    /// Low two code bits, laid out as Q2_K's `qs`.
     pub qs: [u8; QK_K / 4],
+    /// 16 six-bit scales (offset 32): low nibbles in bytes 0..8, high pairs in 8..12.
     pub scales: [u8; 12],
     pub d: f16,
 }
 
+/// Q4_K: 8 sub-blocks of 32 weights, 4-bit codes, 6-bit scale and min each.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockQ4K {
     pub d: f16,
     pub dmin: f16,
+    /// 8 six-bit scales and 8 six-bit mins (see [`scale_min_k4`]).
     pub scales: [u8; 12],
+    /// Weight 64*g + l: low nibble of byte 32*g + l; weight 64*g + 32 + l: high nibble.
     pub qs: [u8; QK_K / 2],
 }
 
+/// Q5_K: Q4_K plus a fifth code bit per weight.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockQ5K {
     pub d: f16,
     pub dmin: f16,
     pub scales: [u8; 12],
+    /// Weight 64*g + l: bit 2g of byte l; weight 64*g + 32 + l: bit 2g + 1.
     pub qh: [u8; QK_K / 8],
     pub qs: [u8; QK_K / 2],
 }
 
+/// Q6_K: 16 sub-blocks of 16 weights, 6-bit codes (offset 32), 8-bit scales.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockQ6K {
+    /// Low nibbles: weight 128*g + 32*s + l in byte 64*g + 32*(s & 1) + l, high half if s >= 2.
     pub ql: [u8; QK_K / 2],
+    /// High two bits: weight 128*g + 32*s + l at bits 2s..2s+2 of byte 32*g + l.
     pub qh: [u8; QK_K / 4],
     pub scales: [i8; QK_K / 16],
     pub d: f16,
 }
 
-macro_rules! placeholder {
-    ($B:ty, $q:expr) => {
-        impl Block for $B {
-            const QTYPE: QType = $q;
-            fn quantize_row(_src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-                dst.fill(Self::zeroed());
-            }
-            fn dequantize_row(_src: &[Self], dst: &mut [f32]) {
-                dst.fill(0.0);
+// ---------------------------------------------------------------- helpers
+
+/// Sub-group `j` of `N` values of a block.
+#[inline(always)]
+fn group<const N: usize>(x: &[f32], j: usize) -> &[f32; N] {
+    x[N * j..N * (j + 1)]
+        .try_into()
+        .expect("group lies inside the block")
+}
+
+#[inline(always)]
+fn block_of(x: &[f32]) -> &[f32; QK_K] {
+    x.try_into().expect("a super-block holds QK_K values")
+}
+
+/// Sum of squares in index order (ggml's `sum_x2` / `sumx2` loops).
+#[inline(always)]
+fn sum_squares(x: &[f32]) -> f32 {
+    let mut s = 0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+#[inline(always)]
+fn sum_ordered(x: &[f32]) -> f32 {
+    let mut s = 0f32;
+    for &v in x {
+        s += v;
+    }
+    s
+}
+
+/// ggml's `qw[l] * sqrtf(sigma2 + x[l]*x[l])` importance weights.
+#[inline(always)]
+fn imatrix_weights<const N: usize>(qw: &[f32], x: &[f32; N], sigma2: f32) -> [f32; N] {
+    std::array::from_fn(|l| qw[l] * (sigma2 + x[l] * x[l]).sqrt())
+}
+
+/// Round through f16 as ggml stores a scale: the stored half and its value.
+#[inline(always)]
+fn f16_round(v: f32) -> (f16, f32) {
+    let h = f16::from_f32(v);
+    (h, h.to_f32())
+}
+
+/// Scale and min of sub-block `j` from the 12 packed bytes of Q4_K/Q5_K
+/// (ggml's `get_scale_min_k4`).
+#[inline(always)]
+pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Pack 8 scales and 8 mins as ggml does; codes above 63 are packed with
+/// the same (truncating) bit operations as ggml, not clamped.
+fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for j in 0..8 {
+        if j < 4 {
+            s[j] = ls[j];
+            s[j + 4] = lm[j];
+        } else {
+            s[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
+            s[j - 4] |= (ls[j] >> 4) << 6;
+            s[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+    s
+}
+
+/// The signed 6-bit scale `j` of Q3_K (offset removed).
+#[inline(always)]
+fn q3_scale(j: usize, s: &[u8; 12]) -> i8 {
+    let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+    let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    ((low | (high << 4)) as i8).wrapping_sub(32)
+}
+
+/// Pack 16 six-bit Q3_K scale codes (0..64).
+fn pack_q3_scales(codes: &[i8; 16]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for (j, &c) in codes.iter().enumerate() {
+        let l = c as i32;
+        if j < 8 {
+            s[j] = (l & 0xF) as u8;
+        } else {
+            s[j - 8] |= ((l & 0xF) << 4) as u8;
+        }
+        s[j % 4 + 8] |= ((l >> 4) << (2 * (j / 4))) as u8;
+    }
+    s
+}
+
+/// 2-bit packing of Q2_K/Q3_K: weight 128*g + 32*s + l at bits 2s of byte 32*g + l.
+fn pack_2bit(codes: &[u8; QK_K]) -> [u8; QK_K / 4] {
+    std::array::from_fn(|b| {
+        let (g, l) = (b / 32, b % 32);
+        let c = |s: usize| codes[128 * g + 32 * s + l];
+        c(0) | (c(1) << 2) | (c(2) << 4) | (c(3) << 6)
+    })
+}
+
+#[inline(always)]
+fn unpack_2bit(qs: &[u8; QK_K / 4], i: usize) -> u8 {
+    let (g, s, l) = (i / 128, (i / 32) % 4, i % 32);
+    (qs[32 * g + l] >> (2 * s)) & 3
+}
+
+/// Re-derive codes from the stored (f16-rounded) scales, as ggml does after
+/// quantizing the scales: `code = clamp(round((x + m) / d), lo, hi) - lo`.
+/// Sub-blocks with a zero scale keep the codes of the search.
+#[inline(always)]
+fn requantize<const N: usize>(x: &[f32; N], d: f32, m: f32, lo: i32, hi: i32, out: &mut [u8; N]) {
+    // ggml's `if (!d) continue;`
+    if d == 0.0 {
+        return;
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (nearest_int((v + m) / d).clamp(lo, hi) - lo) as u8;
+    }
+}
+
+/// Σ q·x and Σ x over one sub-block, eight lanes at a time.
+#[inline(always)]
+fn dot_and_sum<const N: usize>(q: &[f32; N], x: &[f32]) -> (f32, f32) {
+    let mut acc = [0f32; 8];
+    let mut sx = [0f32; 8];
+    for (qc, xc) in q.chunks_exact(8).zip(x.chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += qc[k] * xc[k];
+            sx[k] += xc[k];
+        }
+    }
+    (acc.iter().sum(), sx.iter().sum())
+}
+
+#[inline(always)]
+fn dot<const N: usize>(q: &[f32; N], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (qc, xc) in q.chunks_exact(8).zip(x.chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += qc[k] * xc[k];
+        }
+    }
+    acc.iter().sum()
+}
+
+/// Codes of one block as floats, then `Σ_j scale_j Σ q x - min_j Σ x`.
+#[inline(always)]
+fn affine_dot<const N: usize>(
+    codes: &[f32; QK_K],
+    scale_min: impl Fn(usize) -> (f32, f32),
+    x: &[f32],
+) -> f32 {
+    let mut total = 0f32;
+    for j in 0..QK_K / N {
+        let (qx, sx) = dot_and_sum(group::<N>(codes, j), &x[N * j..N * (j + 1)]);
+        let (d, m) = scale_min(j);
+        total += d * qx - m * sx;
+    }
+    total
+}
+
+// ---------------------------------------------------------------- Q2_K
+
+fn quantize_q2k_ref(x: &[f32; QK_K], y: &mut BlockQ2K) {
+    let mut codes = [[0u8; 16]; 16];
+    let mut scales = [0f32; 16];
+    let mut mins = [0f32; 16];
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..16 {
+        let xs = group::<16>(x, j);
+        let weights: [f32; 16] = std::array::from_fn(|l| xs[l].abs());
+        (scales[j], mins[j]) =
+            make_qkx2_quants(3, xs, &weights, &mut codes[j], -0.5, 0.1, 15, true);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    const Q4SCALE: f32 = 15.0;
+    if max_scale > 0.0 {
+        let iscale = Q4SCALE / max_scale;
+        for j in 0..16 {
+            y.scales[j] = nearest_int(iscale * scales[j]) as u8;
+        }
+        y.d = f16::from_f32(max_scale / Q4SCALE);
+    } else {
+        y.scales = [0; 16];
+        y.d = f16::from_f32(0.0);
+    }
+    if max_min > 0.0 {
+        let iscale = Q4SCALE / max_min;
+        for j in 0..16 {
+            y.scales[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
+        }
+        y.dmin = f16::from_f32(max_min / Q4SCALE);
+    } else {
+        y.dmin = f16::from_f32(0.0);
+    }
+    finish_q2k(x, y, &mut codes);
+}
+
+fn quantize_q2k_weighted(x: &[f32; QK_K], qw: &[f32], y: &mut BlockQ2K) {
+    let mut codes = [[0u8; 16]; 16];
+    let mut scales = [0f32; 16];
+    let mut mins = [0f32; 16];
+    let mut sw = [0f32; 16];
+    let sigma2 = sum_squares(x) / QK_K as f32;
+    for j in 0..16 {
+        let xs = group::<16>(x, j);
+        let weight = imatrix_weights(&qw[16 * j..], xs, sigma2);
+        sw[j] = sum_ordered(&weight);
+        (scales[j], mins[j]) =
+            make_qkx3_quants(3, xs, &weight, &mut codes[j], -0.9, 0.05, 36, false);
+    }
+    let mut ls = [0u8; 16];
+    let mut lm = [0u8; 16];
+    let dm = make_qp_quants(15, &scales, &mut ls, &sw);
+    let mm = make_qp_quants(15, &mins, &mut lm, &sw);
+    y.d = f16::from_f32(dm);
+    y.dmin = f16::from_f32(mm);
+    y.scales = std::array::from_fn(|j| ls[j] | (lm[j] << 4));
+    finish_q2k(x, y, &mut codes);
+}
+
+/// Requantize against the stored scales and pack the codes.
+fn finish_q2k(x: &[f32; QK_K], y: &mut BlockQ2K, codes: &mut [[u8; 16]; 16]) {
+    let (d, dmin) = (y.d.to_f32(), y.dmin.to_f32());
+    for j in 0..16 {
+        let sc = y.scales[j];
+        let dl = d * (sc & 0xF) as f32;
+        let ml = dmin * (sc >> 4) as f32;
+        requantize(group::<16>(x, j), dl, ml, 0, 3, &mut codes[j]);
+    }
+    y.qs = pack_2bit(bytemuck::cast_ref(codes));
+}
+
+impl Block for BlockQ2K {
+    const QTYPE: QType = QType::Q2_K;
+
+    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+        for (i, (y, x)) in dst.iter_mut().zip(src.chunks_exact(QK_K)).enumerate() {
+            match imatrix {
+                None => quantize_q2k_ref(block_of(x), y),
+                Some(w) => quantize_q2k_weighted(block_of(x), &w[QK_K * i..], y),
             }
         }
-    };
+    }
+
+    fn dequantize_row(src: &[Self], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            for (j, ys) in y.chunks_exact_mut(16).enumerate() {
+                let dl = d * (b.scales[j] & 0xF) as f32;
+                let ml = dmin * (b.scales[j] >> 4) as f32;
+                for (l, v) in ys.iter_mut().enumerate() {
+                    *v = dl * unpack_2bit(&b.qs, 16 * j + l) as f32 - ml;
+                }
+            }
+        }
+    }
+
+    fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
+        let mut sum = 0f32;
+        for (b, xs) in src.iter().zip(x.chunks_exact(QK_K)) {
+            let codes: [f32; QK_K] = std::array::from_fn(|i| unpack_2bit(&b.qs, i) as f32);
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            let sm = |j: usize| {
+                let sc = b.scales[j];
+                (d * (sc & 0xF) as f32, dmin * (sc >> 4) as f32)
+            };
+            sum += affine_dot::<16>(&codes, sm, xs);
+        }
+        sum
+    }
 }
-placeholder!(BlockQ2K, QType::Q2_K);
-placeholder!(BlockQ3K, QType::Q3_K);
-placeholder!(BlockQ4K, QType::Q4_K);
-placeholder!(BlockQ5K, QType::Q5_K);
-placeholder!(BlockQ6K, QType::Q6_K);
+
+// ---------------------------------------------------------------- Q3_K
+
+fn quantize_q3k(x: &[f32; QK_K], qw: Option<&[f32]>, y: &mut BlockQ3K) {
+    let mut codes = [[0i8; 16]; 16];
+    let mut scales = [0f32; 16];
+    y.scales = [0; 12];
+    match qw {
+        None => {
+            let (mut max_scale, mut amax) = (0f32, 0f32);
+            for j in 0..16 {
+                scales[j] = make_q3_quants(4, group::<16>(x, j), &mut codes[j], true);
+                let scale = scales[j].abs();
+                if scale > amax {
+                    amax = scale;
+                    max_scale = scales[j];
+                }
+            }
+            // ggml's `if (max_scale)`: NaN counts as set.
+            if max_scale != 0.0 || max_scale.is_nan() {
+                let iscale = -32.0 / max_scale;
+                let sc: [i8; 16] = std::array::from_fn(|j| {
+                    let l = nearest_int(iscale * scales[j]) as i8;
+                    l.clamp(-32, 31) + 32
+                });
+                y.scales = pack_q3_scales(&sc);
+                y.d = f16::from_f32(1.0 / iscale);
+            } else {
+                y.d = f16::from_f32(0.0);
+            }
+        }
+        Some(qw) => {
+            let mut sw = [0f32; 16];
+            let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+            for j in 0..16 {
+                let xs = group::<16>(x, j);
+                let weight = imatrix_weights(&qw[16 * j..], xs, sigma2);
+                sw[j] = sum_ordered(&weight);
+                scales[j] = make_qx_quants(4, xs, &mut codes[j], 1, Some(&weight));
+            }
+            let mut ls = [0i8; 16];
+            let d_block = make_qx_quants(32, &scales, &mut ls, 1, Some(&sw));
+            y.scales = pack_q3_scales(&ls);
+            y.d = f16::from_f32(d_block);
+        }
+    }
+    let d = y.d.to_f32();
+    let mut codes: [[u8; 16]; 16] = bytemuck::cast(codes);
+    for j in 0..16 {
+        let dl = d * q3_scale(j, &y.scales) as f32;
+        requantize(group::<16>(x, j), dl, 0.0, -4, 3, &mut codes[j]);
+    }
+    let codes: &mut [u8; QK_K] = bytemuck::cast_mut(&mut codes);
+    y.hmask = [0; QK_K / 8];
+    for (j, c) in codes.iter_mut().enumerate() {
+        if *c > 3 {
+            y.hmask[j % 32] |= 1 << (j / 32);
+            *c -= 4;
+        }
+    }
+    y.qs = pack_2bit(codes);
+}
+
+#[inline(always)]
+fn q3_code(b: &BlockQ3K, i: usize) -> i8 {
+    let low = unpack_2bit(&b.qs, i) as i8;
+    let high = (b.hmask[i % 32] >> (i / 32)) & 1;
+    low - (((high ^ 1) << 2) as i8)
+}
+
+impl Block for BlockQ3K {
+    const QTYPE: QType = QType::Q3_K;
+
+    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+        for (i, (y, x)) in dst.iter_mut().zip(src.chunks_exact(QK_K)).enumerate() {
+            quantize_q3k(block_of(x), imatrix.map(|w| &w[QK_K * i..]), y);
+        }
+    }
+
+    fn dequantize_row(src: &[Self], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            let d = b.d.to_f32();
+            for (j, ys) in y.chunks_exact_mut(16).enumerate() {
+                let dl = d * q3_scale(j, &b.scales) as f32;
+                for (l, v) in ys.iter_mut().enumerate() {
+                    *v = dl * q3_code(b, 16 * j + l) as f32;
+                }
+            }
+        }
+    }
+
+    fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
+        let mut sum = 0f32;
+        for (b, xs) in src.iter().zip(x.chunks_exact(QK_K)) {
+            let codes: [f32; QK_K] = std::array::from_fn(|i| q3_code(b, i) as f32);
+            let d = b.d.to_f32();
+            for j in 0..16 {
+                let qx = dot(group::<16>(&codes, j), &xs[16 * j..16 * (j + 1)]);
+                sum += d * q3_scale(j, &b.scales) as f32 * qx;
+            }
+        }
+        sum
+    }
+}
+
+// ---------------------------------------------------------------- Q4_K / Q5_K
+
+/// The shared search of Q4_K and Q5_K (`nmax` 15 or 31): sets `d`, `dmin`
+/// and `scales` of the block and returns the codes of the 8 sub-blocks.
+fn quantize_k4_scales(
+    x: &[f32; QK_K],
+    qw: Option<&[f32]>,
+    nmax: i32,
+    clamp_weighted: bool,
+) -> (f16, f16, [u8; 12], [[u8; 32]; 8]) {
+    let mut codes = [[0u8; 32]; 8];
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let (d, dmin, packed) = match qw {
+        None => {
+            let (rmin, rdelta, nstep) = if nmax == 15 {
+                (-1.0, 0.1, 20)
+            } else {
+                (-0.5, 0.1, 15)
+            };
+            let (mut max_scale, mut max_min) = (0f32, 0f32);
+            for j in 0..8 {
+                let xs = group::<32>(x, j);
+                let av_x = (sum_squares(xs) / 32.0).sqrt();
+                let weights: [f32; 32] = std::array::from_fn(|l| av_x + xs[l].abs());
+                (scales[j], mins[j]) = make_qkx2_quants(
+                    nmax,
+                    xs,
+                    &weights,
+                    &mut codes[j],
+                    rmin,
+                    rdelta,
+                    nstep,
+                    false,
+                );
+                if scales[j] > max_scale {
+                    max_scale = scales[j];
+                }
+                if mins[j] > max_min {
+                    max_min = mins[j];
+                }
+            }
+            let inv_scale = if max_scale > 0.0 {
+                63.0 / max_scale
+            } else {
+                0.0
+            };
+            let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+            let ls: [u8; 8] =
+                std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
+            let lm: [u8; 8] =
+                std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
+            (
+                f16::from_f32(max_scale / 63.0),
+                f16::from_f32(max_min / 63.0),
+                pack_scale_min_k4(&ls, &lm),
+            )
+        }
+        Some(qw) => {
+            let mut sw = [0f32; 8];
+            let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+            for j in 0..8 {
+                let xs = group::<32>(x, j);
+                let weights = imatrix_weights(&qw[32 * j..], xs, sigma2);
+                sw[j] = sum_ordered(&weights);
+                (scales[j], mins[j]) =
+                    make_qkx3_quants(nmax, xs, &weights, &mut codes[j], -0.9, 0.05, 36, false);
+            }
+            let mut ls = [0u8; 8];
+            let mut lm = [0u8; 8];
+            let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
+            let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
+            if clamp_weighted {
+                // Q5_K clamps the codes here, Q4_K does not.
+                ls = ls.map(|v| v.min(63));
+                lm = lm.map(|v| v.min(63));
+            }
+            (
+                f16::from_f32(d_block),
+                f16::from_f32(m_block),
+                pack_scale_min_k4(&ls, &lm),
+            )
+        }
+    };
+    let (df, mf) = (d.to_f32(), dmin.to_f32());
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &packed);
+        let dl = df * sc as f32;
+        let ml = mf * m as f32;
+        requantize(group::<32>(x, j), dl, ml, 0, nmax, &mut codes[j]);
+    }
+    (d, dmin, packed, codes)
+}
+
+impl Block for BlockQ4K {
+    const QTYPE: QType = QType::Q4_K;
+
+    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+        for (i, (y, x)) in dst.iter_mut().zip(src.chunks_exact(QK_K)).enumerate() {
+            let qw = imatrix.map(|w| &w[QK_K * i..]);
+            let (d, dmin, scales, codes) = quantize_k4_scales(block_of(x), qw, 15, false);
+            y.d = d;
+            y.dmin = dmin;
+            y.scales = scales;
+            y.qs = std::array::from_fn(|b| {
+                let (g, l) = (b / 32, b % 32);
+                codes[2 * g][l] | (codes[2 * g + 1][l] << 4)
+            });
+        }
+    }
+
+    fn dequantize_row(src: &[Self], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            for (g, ys) in y.chunks_exact_mut(64).enumerate() {
+                let q = &b.qs[32 * g..32 * (g + 1)];
+                let (lo, hi) = ys.split_at_mut(32);
+                let (sc, m) = scale_min_k4(2 * g, &b.scales);
+                let (d1, m1) = (d * sc as f32, dmin * m as f32);
+                let (sc, m) = scale_min_k4(2 * g + 1, &b.scales);
+                let (d2, m2) = (d * sc as f32, dmin * m as f32);
+                for l in 0..32 {
+                    lo[l] = d1 * (q[l] & 0xF) as f32 - m1;
+                    hi[l] = d2 * (q[l] >> 4) as f32 - m2;
+                }
+            }
+        }
+    }
+
+    fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
+        let mut sum = 0f32;
+        for (b, xs) in src.iter().zip(x.chunks_exact(QK_K)) {
+            let codes: [f32; QK_K] = std::array::from_fn(|i| {
+                let (g, h, l) = (i / 64, (i / 32) % 2, i % 32);
+                ((b.qs[32 * g + l] >> (4 * h)) & 0xF) as f32
+            });
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            let sm = |j: usize| {
+                let (sc, m) = scale_min_k4(j, &b.scales);
+                (d * sc as f32, dmin * m as f32)
+            };
+            sum += affine_dot::<32>(&codes, sm, xs);
+        }
+        sum
+    }
+}
+
+#[inline(always)]
+fn q5_code(b: &BlockQ5K, i: usize) -> u8 {
+    let (g, h, l) = (i / 64, (i / 32) % 2, i % 32);
+    let low = (b.qs[32 * g + l] >> (4 * h)) & 0xF;
+    let high = (b.qh[l] >> (2 * g + h)) & 1;
+    low | (high << 4)
+}
+
+impl Block for BlockQ5K {
+    const QTYPE: QType = QType::Q5_K;
+
+    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+        for (i, (y, x)) in dst.iter_mut().zip(src.chunks_exact(QK_K)).enumerate() {
+            let qw = imatrix.map(|w| &w[QK_K * i..]);
+            let (d, dmin, scales, codes) = quantize_k4_scales(block_of(x), qw, 31, true);
+            y.d = d;
+            y.dmin = dmin;
+            y.scales = scales;
+            y.qh = [0; QK_K / 8];
+            for g in 0..4 {
+                for l in 0..32 {
+                    let (c1, c2) = (codes[2 * g][l], codes[2 * g + 1][l]);
+                    y.qh[l] |= ((c1 >> 4) << (2 * g)) | ((c2 >> 4) << (2 * g + 1));
+                    y.qs[32 * g + l] = (c1 & 0xF) | ((c2 & 0xF) << 4);
+                }
+            }
+        }
+    }
+
+    fn dequantize_row(src: &[Self], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            for (j, ys) in y.chunks_exact_mut(32).enumerate() {
+                let (sc, m) = scale_min_k4(j, &b.scales);
+                let (dl, ml) = (d * sc as f32, dmin * m as f32);
+                for (l, v) in ys.iter_mut().enumerate() {
+                    *v = dl * q5_code(b, 32 * j + l) as f32 - ml;
+                }
+            }
+        }
+    }
+
+    fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
+        let mut sum = 0f32;
+        for (b, xs) in src.iter().zip(x.chunks_exact(QK_K)) {
+            let codes: [f32; QK_K] = std::array::from_fn(|i| q5_code(b, i) as f32);
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            let sm = |j: usize| {
+                let (sc, m) = scale_min_k4(j, &b.scales);
+                (d * sc as f32, dmin * m as f32)
+            };
+            sum += affine_dot::<32>(&codes, sm, xs);
+        }
+        sum
+    }
+}
+
+// ---------------------------------------------------------------- Q6_K
+
+fn quantize_q6k(x: &[f32; QK_K], qw: Option<&[f32]>, y: &mut BlockQ6K) {
+    let mut codes = [[0i8; 16]; 16];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for ib in 0..16 {
+        let w = qw.map(|q| group::<16>(q, ib));
+        scales[ib] = make_qx_quants(32, group::<16>(x, ib), &mut codes[ib], 1, w);
+        let abs_scale = scales[ib].abs();
+        if abs_scale > max_abs_scale {
+            max_abs_scale = abs_scale;
+            max_scale = scales[ib];
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        *y = BlockQ6K::zeroed();
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let (d16, d) = f16_round(1.0 / iscale);
+    y.d = d16;
+    y.scales = std::array::from_fn(|ib| nearest_int(iscale * scales[ib]).min(127) as i8);
+    let mut codes: [[u8; 16]; 16] = bytemuck::cast(codes);
+    for j in 0..16 {
+        let dl = d * y.scales[j] as f32;
+        requantize(group::<16>(x, j), dl, 0.0, -32, 31, &mut codes[j]);
+    }
+    let c: &[u8; QK_K] = bytemuck::cast_ref(&codes);
+    for g in 0..2 {
+        for l in 0..32 {
+            let q = |s: usize| c[128 * g + 32 * s + l];
+            y.ql[64 * g + l] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
+            y.ql[64 * g + 32 + l] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
+            y.qh[32 * g + l] =
+                (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+        }
+    }
+}
+
+#[inline(always)]
+fn q6_code(b: &BlockQ6K, i: usize) -> i8 {
+    let (g, s, l) = (i / 128, (i / 32) % 4, i % 32);
+    let low = (b.ql[64 * g + 32 * (s & 1) + l] >> (4 * (s >> 1))) & 0xF;
+    let high = (b.qh[32 * g + l] >> (2 * s)) & 3;
+    ((low | (high << 4)) as i8) - 32
+}
+
+impl Block for BlockQ6K {
+    const QTYPE: QType = QType::Q6_K;
+
+    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+        for (i, (y, x)) in dst.iter_mut().zip(src.chunks_exact(QK_K)).enumerate() {
+            quantize_q6k(
+                block_of(x),
+                imatrix.map(|w| &w[QK_K * i..QK_K * (i + 1)]),
+                y,
+            );
+        }
+    }
+
+    fn dequantize_row(src: &[Self], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            let d = b.d.to_f32();
+            for (j, ys) in y.chunks_exact_mut(16).enumerate() {
+                let dl = d * b.scales[j] as f32;
+                for (l, v) in ys.iter_mut().enumerate() {
+                    *v = dl * q6_code(b, 16 * j + l) as f32;
+                }
+            }
+        }
+    }
+
+    fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
+        let mut sum = 0f32;
+        for (b, xs) in src.iter().zip(x.chunks_exact(QK_K)) {
+            let codes: [f32; QK_K] = std::array::from_fn(|i| q6_code(b, i) as f32);
+            let d = b.d.to_f32();
+            for j in 0..16 {
+                let qx = dot(group::<16>(&codes, j), &xs[16 * j..16 * (j + 1)]);
+                sum += d * b.scales[j] as f32 * qx;
+            }
+        }
+        sum
+    }
+}

@@ -9,6 +9,7 @@ pub mod float;
 pub mod iq4;
 pub mod k_quants;
 pub mod legacy;
+pub mod search;
 pub mod types;
 
 use std::borrow::Cow;

@@ -1,0 +1,416 @@
+//! Scale searches shared by the K-quants: our own Rust rendering of the helper
+//! routines of ggml-quants.c (`nearest_int`, `make_qx_quants`, `make_q3_quants`,
+//! `make_qkx2_quants`, `make_qkx3_quants`, `make_qp_quants`).
+//!
+//! The files ggml writes are defined by these searches, so every float
+//! operation here keeps ggml's order and precision (f32, no fused
+//! multiply-add, sums accumulated in index order). Integer conversions keep
+//! C's truncating stores (`as u8` / `as i8`) so that even odd inputs give the
+//! same bytes. Group sizes are const generics, which lets the compiler unroll
+//! and vectorize the element-wise parts; the ordered sums stay scalar.
+
+/// Groups whose largest magnitude is below this are treated as all zero.
+pub const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// ggml's `nearest_int`: adding 1.5 * 2^23 moves the integer part into the
+/// low mantissa bits, so this rounds half to even. Exact for |v| <= 4194303;
+/// larger values give the same (meaningless) result as ggml.
+#[inline(always)]
+pub fn nearest_int(v: f32) -> i32 {
+    let bits = (v + 12_582_912.0f32).to_bits() as i32;
+    (bits & 0x007f_ffff) - 0x0040_0000
+}
+
+/// C's `x ? a : b` on a float: NaN counts as true.
+#[inline(always)]
+fn nonzero(v: f32) -> bool {
+    v != 0.0
+}
+
+/// The value of largest magnitude (first one on ties) and that magnitude.
+#[inline(always)]
+fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    (max, amax)
+}
+
+/// Symmetric codes with a least-squares scale (`make_qx_quants`). Codes land
+/// in `l` offset by `nmax` (0..2*nmax). `rmse_type` 0 takes the absmax scale;
+/// 1..4 weight the fit by x², 1, |x|, sqrt|x| unless `qw` is given; a negative
+/// type returns after the first fit. Returns the scale.
+pub fn make_qx_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    l: &mut [i8; N],
+    rmse_type: i32,
+    qw: Option<&[f32; N]>,
+) -> f32 {
+    let (max, amax) = signed_absmax(x);
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = -nmaxf / max;
+    let codes = |iscale: f32, out: &mut [f32; N]| {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+        }
+    };
+    let store = |codes: &[f32; N], l: &mut [i8; N]| {
+        for (o, &c) in l.iter_mut().zip(codes) {
+            *o = (nmax + c as i32) as i8;
+        }
+    };
+    let mut lf = [0f32; N];
+    if rmse_type == 0 {
+        codes(iscale, &mut lf);
+        store(&lf, l);
+        return 1.0 / iscale;
+    }
+    let return_early = rmse_type < 0;
+    let rmse_type = rmse_type.abs();
+    let w: [f32; N] = std::array::from_fn(|i| match qw {
+        Some(q) => q[i],
+        None => match rmse_type {
+            1 => x[i] * x[i],
+            2 => 1.0,
+            3 => x[i].abs(),
+            _ => x[i].abs().sqrt(),
+        },
+    });
+    let wx: [f32; N] = std::array::from_fn(|i| w[i] * x[i]);
+    let sums = |lf: &[f32; N]| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for i in 0..N {
+            sumlx += wx[i] * lf[i];
+            suml2 += w[i] * lf[i] * lf[i];
+        }
+        (sumlx, suml2)
+    };
+    codes(iscale, &mut lf);
+    store(&lf, l);
+    let (sumlx, suml2) = sums(&lf);
+    let mut scale = if nonzero(suml2) { sumlx / suml2 } else { 0.0 };
+    if return_early {
+        return if suml2 > 0.0 {
+            0.5 * (scale + 1.0 / iscale)
+        } else {
+            1.0 / iscale
+        };
+    }
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmaxf + 0.1 * is as f32) / max;
+        codes(iscale, &mut lf);
+        let (sumlx, suml2) = sums(&lf);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            store(&lf, l);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// Symmetric codes refined one weight at a time (`make_q3_quants`), weights
+/// x². Codes land in `l` offset by `nmax`. Returns the scale.
+pub fn make_q3_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    l: &mut [i8; N],
+    do_rmse: bool,
+) -> f32 {
+    let (max, amax) = signed_absmax(x);
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    if !do_rmse {
+        for (o, &v) in l.iter_mut().zip(x) {
+            *o = (nearest_int(iscale * v).clamp(-nmax, nmax - 1) + nmax) as i8;
+        }
+        return 1.0 / iscale;
+    }
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for (o, &v) in l.iter_mut().zip(x) {
+        let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        *o = q as i8;
+        let w = v * v;
+        let q = q as f32;
+        sumlx += w * v * q;
+        suml2 += w * q * q;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for (li, &v) in l.iter_mut().zip(x) {
+            let w = v * v;
+            let cur = *li as f32;
+            let mut slx = sumlx - w * v * cur;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * cur * cur;
+                let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != *li as i32 {
+                    let q = new_l as f32;
+                    slx += w * v * q;
+                    sl2 += w * q * q;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *li = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    for o in l.iter_mut() {
+        *o = (*o as i32 + nmax) as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// Affine codes 0..=nmax with a weighted least-squares scale and min
+/// (`make_qkx2_quants` for `Min::Fixed`, `make_qkx3_quants` for
+/// `Min::Tracked`). Returns `(scale, -min)`.
+///
+/// The two ggml routines differ only in the search step: qkx2 clamps the
+/// rounded code, qkx3 clamps before rounding and maps non-positive (and NaN)
+/// arguments to 0, which is the same on all finite in-range inputs.
+#[allow(clippy::too_many_arguments)]
+fn make_qkx_quants<const N: usize, const QKX3: bool>(
+    nmax: i32,
+    x: &[f32; N],
+    weights: &[f32; N],
+    l: &mut [u8; N],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..N {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    let degenerate = if QKX3 { max <= min } else { max == min };
+    if degenerate {
+        l.fill(0);
+        return (0.0, -min);
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = nmaxf / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_error = 0f32;
+    for i in 0..N {
+        l[i] = nearest_int(iscale * (x[i] - min)).clamp(0, nmax) as u8;
+        let diff = scale * l[i] as f32 + min - x[i];
+        let diff = if use_mad { diff.abs() } else { diff * diff };
+        best_error += weights[i] * diff;
+    }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    let mut laux = [0f32; N];
+    let mut wl = [0f32; N];
+    let mut err = [0f32; N];
+    for is in 0..=nstep {
+        iscale = (rmin + rdelta * is as f32 + nmaxf) / (max - min);
+        for i in 0..N {
+            let v = iscale * (x[i] - min);
+            let q = if QKX3 {
+                if v > 0.0 {
+                    nearest_int(v.min(nmaxf))
+                } else {
+                    0
+                }
+            } else {
+                nearest_int(v).clamp(0, nmax)
+            };
+            laux[i] = q as f32;
+            wl[i] = weights[i] * laux[i];
+        }
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..N {
+            sum_l += wl[i];
+            sum_l2 += wl[i] * laux[i];
+            sum_xl += wl[i] * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            for i in 0..N {
+                let diff = this_scale * laux[i] + this_min - x[i];
+                let diff = if use_mad { diff.abs() } else { diff * diff };
+                err[i] = weights[i] * diff;
+            }
+            let mut cur_error = 0f32;
+            for &e in &err {
+                cur_error += e;
+            }
+            if cur_error < best_error {
+                for (o, &q) in l.iter_mut().zip(&laux) {
+                    *o = q as u8;
+                }
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `make_qkx2_quants`: see [`make_qkx_quants`].
+#[allow(clippy::too_many_arguments)]
+pub fn make_qkx2_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    weights: &[f32; N],
+    l: &mut [u8; N],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    make_qkx_quants::<N, false>(nmax, x, weights, l, rmin, rdelta, nstep, use_mad)
+}
+
+/// `make_qkx3_quants` with explicit weights: see [`make_qkx_quants`].
+#[allow(clippy::too_many_arguments)]
+pub fn make_qkx3_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    weights: &[f32; N],
+    l: &mut [u8; N],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> (f32, f32) {
+    make_qkx_quants::<N, true>(nmax, x, weights, l, rmin, rdelta, nstep, use_mad)
+}
+
+/// Codes 0..=nmax for non-negative values (sub-block scales or mins) with a
+/// weighted fit (`make_qp_quants`). Returns the scale.
+pub fn make_qp_quants<const N: usize>(
+    nmax: i32,
+    x: &[f32; N],
+    l: &mut [u8; N],
+    quant_weights: &[f32; N],
+) -> f32 {
+    let mut max = 0f32;
+    for &v in x {
+        // C's MAX(max, v): NaN-free inputs make the operand order immaterial.
+        max = if max > v { max } else { v };
+    }
+    if max < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = nmaxf / max;
+    for (o, &v) in l.iter_mut().zip(x) {
+        *o = nearest_int(iscale * v) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0f32;
+    for i in 0..N {
+        let diff = x[i] - scale * l[i] as f32;
+        best_mse += quant_weights[i] * diff * diff;
+    }
+    for is in -4..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1 * is as f32 + nmaxf) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0f32;
+        for i in 0..N {
+            let q = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * q as f32;
+            mse += quant_weights[i] * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for i in 0..N {
+        let q = nearest_int(iscale * x[i]).min(nmax);
+        // Stored as uint8_t (a negative code wraps), summed as the int.
+        l[i] = q as u8;
+        let w = quant_weights[i];
+        let q = q as f32;
+        sumlx += w * x[i] * q;
+        suml2 += w * q * q;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..N {
+            let w = quant_weights[i];
+            let cur = l[i] as f32;
+            let mut slx = sumlx - w * x[i] * cur;
+            let mut sl2 = suml2 - w * cur * cur;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != l[i] as i32 {
+                    let q = new_l as f32;
+                    slx += w * x[i] * q;
+                    sl2 += w * q * q;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
