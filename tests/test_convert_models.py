@@ -76,14 +76,14 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 400) -> None:
 
 
 def _config(
-    arch: str, vocab: int, n_layer: int, hidden: int, n_ff: int, tied: bool
+    arch: str, vocab: int, n_layer: int, hidden: int, n_ff: int, tied: bool, n_kv: int = 2
 ) -> dict[str, Any]:
     base: dict[str, Any] = {
         "hidden_size": hidden,
         "intermediate_size": n_ff,
         "num_hidden_layers": n_layer,
         "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_key_value_heads": n_kv,
         "max_position_embeddings": 256,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
@@ -204,6 +204,7 @@ def make_model(
     tied: bool = False,
     seed: int = 0,
     vocab_size: int = 400,
+    n_kv: int = 2,
 ) -> Path:
     """Write a tiny random checkpoint of ``arch`` into ``out_dir`` and return it."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +212,7 @@ def make_model(
     n_vocab = len(
         json.loads((out_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
     )
-    cfg = _config(arch, n_vocab, n_layer, hidden, n_ff, tied)
+    cfg = _config(arch, n_vocab, n_layer, hidden, n_ff, tied, n_kv)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
     tensors = hf_tensors(cfg, np.random.default_rng(seed))
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
