@@ -7,6 +7,7 @@ pub mod error;
 pub mod gptq;
 pub mod pack;
 pub mod quants;
+pub mod runtime;
 pub mod simd;
 
 #[cfg(feature = "python")]

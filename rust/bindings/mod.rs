@@ -2,6 +2,7 @@
 //! here; everything calls into `crate::quants`.
 
 mod quants;
+mod runtime;
 
 use pyo3::prelude::*;
 
@@ -22,5 +23,6 @@ impl From<Error> for PyErr {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     quants::register(m)?;
+    runtime::register(m)?;
     Ok(())
 }

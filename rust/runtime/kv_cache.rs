@@ -1,0 +1,68 @@
+//! The key/value cache: f32 keys and values per layer and position, laid out
+//! `[layer][position][kv_head * head_dim]` so one head's keys are contiguous
+//! per position.
+
+use crate::error::{Error, Result};
+
+pub struct KvCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    pub n_ctx: usize,
+    pub n_past: usize,
+    kv_dim: usize,
+    head_dim: usize,
+}
+
+impl KvCache {
+    /// A cache of `n_ctx` positions; refuses sizes that would not fit in memory.
+    pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize, head_dim: usize) -> Result<KvCache> {
+        if n_ctx == 0 {
+            return Err(Error::Value(
+                "the context must hold at least one token".into(),
+            ));
+        }
+        let len = n_layer
+            .checked_mul(n_ctx)
+            .and_then(|v| v.checked_mul(kv_dim))
+            .filter(|&v| v <= (1usize << 34) / 8)
+            .ok_or_else(|| {
+                Error::Value(format!(
+                    "a KV cache of {n_ctx} positions × {n_layer} layers × {kv_dim} values is too large"
+                ))
+            })?;
+        Ok(KvCache {
+            k: vec![0f32; len],
+            v: vec![0f32; len],
+            n_ctx,
+            n_past: 0,
+            kv_dim,
+            head_dim,
+        })
+    }
+
+    fn base(&self, layer: usize, pos: usize) -> usize {
+        (layer * self.n_ctx + pos) * self.kv_dim
+    }
+
+    /// Write the keys and values of consecutive positions starting at `pos0`.
+    pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
+        let start = self.base(layer, pos0);
+        self.k[start..start + k.len()].copy_from_slice(k);
+        self.v[start..start + v.len()].copy_from_slice(v);
+    }
+
+    pub fn key(&self, layer: usize, pos: usize, kv_head: usize) -> &[f32] {
+        let s = self.base(layer, pos) + kv_head * self.head_dim;
+        &self.k[s..s + self.head_dim]
+    }
+
+    pub fn value(&self, layer: usize, pos: usize, kv_head: usize) -> &[f32] {
+        let s = self.base(layer, pos) + kv_head * self.head_dim;
+        &self.v[s..s + self.head_dim]
+    }
+
+    /// Forget every position from `n` on (keeps a shared prefix).
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+}
