@@ -13,8 +13,8 @@ use bytemuck::{Pod, Zeroable};
 use half::f16;
 
 use super::search::{
-    make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants,
-    nearest_int, GROUP_MAX_EPS,
+    make_q3_quants_lanes, make_qkx_quants_lanes, make_qp_quants, make_qx_quants,
+    make_qx_quants_lanes, nearest_int, GROUP_MAX_EPS,
 };
 use super::{Block, QType, QK_K};
 
@@ -205,7 +205,7 @@ fn requantize<const N: usize>(x: &[f32; N], d: f32, m: f32, lo: i32, hi: i32, ou
         return;
     }
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (nearest_int((v + m) / d).clamp(lo, hi) - lo) as u8;
+        *o = (nearest_int((v + m) / d).max(lo).min(hi) - lo) as u8;
     }
 }
 
@@ -254,14 +254,11 @@ fn affine_dot<const N: usize>(
 
 fn quantize_q2k_ref(x: &[f32; QK_K], y: &mut BlockQ2K) {
     let mut codes = [[0u8; 16]; 16];
-    let mut scales = [0f32; 16];
-    let mut mins = [0f32; 16];
+    let weights: [f32; QK_K] = std::array::from_fn(|l| x[l].abs());
+    let (scales, mins) =
+        make_qkx_quants_lanes::<16, 16, false>(3, x, &weights, &mut codes, -0.5, 0.1, 15, true);
     let (mut max_scale, mut max_min) = (0f32, 0f32);
     for j in 0..16 {
-        let xs = group::<16>(x, j);
-        let weights: [f32; 16] = std::array::from_fn(|l| xs[l].abs());
-        (scales[j], mins[j]) =
-            make_qkx2_quants(3, xs, &weights, &mut codes[j], -0.5, 0.1, 15, true);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -294,17 +291,11 @@ fn quantize_q2k_ref(x: &[f32; QK_K], y: &mut BlockQ2K) {
 
 fn quantize_q2k_weighted(x: &[f32; QK_K], qw: &[f32], y: &mut BlockQ2K) {
     let mut codes = [[0u8; 16]; 16];
-    let mut scales = [0f32; 16];
-    let mut mins = [0f32; 16];
-    let mut sw = [0f32; 16];
     let sigma2 = sum_squares(x) / QK_K as f32;
-    for j in 0..16 {
-        let xs = group::<16>(x, j);
-        let weight = imatrix_weights(&qw[16 * j..], xs, sigma2);
-        sw[j] = sum_ordered(&weight);
-        (scales[j], mins[j]) =
-            make_qkx3_quants(3, xs, &weight, &mut codes[j], -0.9, 0.05, 36, false);
-    }
+    let weight = imatrix_weights::<QK_K>(qw, x, sigma2);
+    let sw: [f32; 16] = std::array::from_fn(|j| sum_ordered(group::<16>(&weight, j)));
+    let (scales, mins) =
+        make_qkx_quants_lanes::<16, 16, true>(3, x, &weight, &mut codes, -0.9, 0.05, 36, false);
     let mut ls = [0u8; 16];
     let mut lm = [0u8; 16];
     let dm = make_qp_quants(15, &scales, &mut ls, &sw);
@@ -371,13 +362,12 @@ impl Block for BlockQ2K {
 
 fn quantize_q3k(x: &[f32; QK_K], qw: Option<&[f32]>, y: &mut BlockQ3K) {
     let mut codes = [[0i8; 16]; 16];
-    let mut scales = [0f32; 16];
     y.scales = [0; 12];
     match qw {
         None => {
             let (mut max_scale, mut amax) = (0f32, 0f32);
+            let scales = make_q3_quants_lanes::<16, 16>(4, x, &mut codes);
             for j in 0..16 {
-                scales[j] = make_q3_quants(4, group::<16>(x, j), &mut codes[j], true);
                 let scale = scales[j].abs();
                 if scale > amax {
                     amax = scale;
@@ -398,14 +388,10 @@ fn quantize_q3k(x: &[f32; QK_K], qw: Option<&[f32]>, y: &mut BlockQ3K) {
             }
         }
         Some(qw) => {
-            let mut sw = [0f32; 16];
             let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
-            for j in 0..16 {
-                let xs = group::<16>(x, j);
-                let weight = imatrix_weights(&qw[16 * j..], xs, sigma2);
-                sw[j] = sum_ordered(&weight);
-                scales[j] = make_qx_quants(4, xs, &mut codes[j], 1, Some(&weight));
-            }
+            let weight = imatrix_weights::<QK_K>(qw, x, sigma2);
+            let sw: [f32; 16] = std::array::from_fn(|j| sum_ordered(group::<16>(&weight, j)));
+            let scales = make_qx_quants_lanes::<16, 16>(4, x, &mut codes, Some(&weight));
             let mut ls = [0i8; 16];
             let d_block = make_qx_quants(32, &scales, &mut ls, 1, Some(&sw));
             y.scales = pack_q3_scales(&ls);
@@ -482,8 +468,6 @@ fn quantize_k4_scales(
     clamp_weighted: bool,
 ) -> (f16, f16, [u8; 12], [[u8; 32]; 8]) {
     let mut codes = [[0u8; 32]; 8];
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
     let (d, dmin, packed) = match qw {
         None => {
             let (rmin, rdelta, nstep) = if nmax == 15 {
@@ -491,21 +475,18 @@ fn quantize_k4_scales(
             } else {
                 (-0.5, 0.1, 15)
             };
+            let mut weights = [0f32; QK_K];
+            for (w, xs) in weights.chunks_exact_mut(32).zip(x.chunks_exact(32)) {
+                let av_x = (sum_squares(xs) / 32.0).sqrt();
+                for (w, v) in w.iter_mut().zip(xs) {
+                    *w = av_x + v.abs();
+                }
+            }
+            let (scales, mins) = make_qkx_quants_lanes::<32, 8, false>(
+                nmax, x, &weights, &mut codes, rmin, rdelta, nstep, false,
+            );
             let (mut max_scale, mut max_min) = (0f32, 0f32);
             for j in 0..8 {
-                let xs = group::<32>(x, j);
-                let av_x = (sum_squares(xs) / 32.0).sqrt();
-                let weights: [f32; 32] = std::array::from_fn(|l| av_x + xs[l].abs());
-                (scales[j], mins[j]) = make_qkx2_quants(
-                    nmax,
-                    xs,
-                    &weights,
-                    &mut codes[j],
-                    rmin,
-                    rdelta,
-                    nstep,
-                    false,
-                );
                 if scales[j] > max_scale {
                     max_scale = scales[j];
                 }
@@ -530,15 +511,12 @@ fn quantize_k4_scales(
             )
         }
         Some(qw) => {
-            let mut sw = [0f32; 8];
             let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
-            for j in 0..8 {
-                let xs = group::<32>(x, j);
-                let weights = imatrix_weights(&qw[32 * j..], xs, sigma2);
-                sw[j] = sum_ordered(&weights);
-                (scales[j], mins[j]) =
-                    make_qkx3_quants(nmax, xs, &weights, &mut codes[j], -0.9, 0.05, 36, false);
-            }
+            let weights = imatrix_weights::<QK_K>(qw, x, sigma2);
+            let sw: [f32; 8] = std::array::from_fn(|j| sum_ordered(group::<32>(&weights, j)));
+            let (scales, mins) = make_qkx_quants_lanes::<32, 8, true>(
+                nmax, x, &weights, &mut codes, -0.9, 0.05, 36, false,
+            );
             let mut ls = [0u8; 8];
             let mut lm = [0u8; 8];
             let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
@@ -679,11 +657,9 @@ impl Block for BlockQ5K {
 
 fn quantize_q6k(x: &[f32; QK_K], qw: Option<&[f32]>, y: &mut BlockQ6K) {
     let mut codes = [[0i8; 16]; 16];
-    let mut scales = [0f32; 16];
+    let scales = make_qx_quants_lanes::<16, 16>(32, x, &mut codes, qw);
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for ib in 0..16 {
-        let w = qw.map(|q| group::<16>(q, ib));
-        scales[ib] = make_qx_quants(32, group::<16>(x, ib), &mut codes[ib], 1, w);
         let abs_scale = scales[ib].abs();
         if abs_scale > max_abs_scale {
             max_abs_scale = abs_scale;
@@ -759,5 +735,315 @@ impl Block for BlockQ6K {
             }
         }
         sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::search::{
+        make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qx_quants,
+    };
+    use super::*;
+
+    /// splitmix64 with Box-Muller: reproducible gaussian data without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn uniform(&mut self) -> f64 {
+            ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        }
+        fn gauss(&mut self) -> f32 {
+            let (u, v) = (self.uniform(), self.uniform());
+            ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+        }
+        fn gauss_vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.gauss()).collect()
+        }
+    }
+
+    fn quantize<B: Block>(x: &[f32], imatrix: Option<&[f32]>) -> Vec<B> {
+        let mut blocks = vec![B::zeroed(); x.len() / B::BLOCK_SIZE];
+        B::quantize_row(x, &mut blocks, imatrix);
+        blocks
+    }
+
+    fn dequantize<B: Block>(blocks: &[B]) -> Vec<f32> {
+        let mut y = vec![0f32; blocks.len() * B::BLOCK_SIZE];
+        B::dequantize_row(blocks, &mut y);
+        y
+    }
+
+    /// sqrt(Σ w (x - y)² / Σ w) over rows of `cols` quantized one by one.
+    fn weighted_rmse<B: Block>(x: &[f32], cols: usize, w: &[f32], imatrix: bool) -> f64 {
+        let (mut num, mut den) = (0f64, 0f64);
+        for row in x.chunks_exact(cols) {
+            let y = dequantize(&quantize::<B>(row, imatrix.then_some(w)));
+            for ((a, b), wi) in row.iter().zip(&y).zip(w) {
+                num += *wi as f64 * ((a - b) as f64).powi(2);
+                den += *wi as f64;
+            }
+        }
+        (num / den).sqrt()
+    }
+
+    fn check_round_trip<B: Block>(bound: f64) {
+        let mut rng = Rng(7);
+        let cols = 1024;
+        let x = rng.gauss_vec(16 * cols);
+        let ones = vec![1f32; cols];
+        let rmse = weighted_rmse::<B>(&x, cols, &ones, false);
+        assert!(rmse < bound, "{}: rmse {rmse} >= {bound}", B::QTYPE.name());
+        // A scaled input gives (up to f16 rounding) the scaled error.
+        let x100: Vec<f32> = x.iter().map(|v| v * 100.0).collect();
+        let rmse100 = weighted_rmse::<B>(&x100, cols, &ones, false);
+        assert!(
+            (rmse100 / 100.0 - rmse).abs() < 0.05 * rmse,
+            "{}",
+            B::QTYPE.name()
+        );
+    }
+
+    #[test]
+    fn round_trip_error_on_gaussian_rows() {
+        // Measured on N(0, 1): 0.297, 0.151, 0.071, 0.036, 0.0177 (as llama.cpp).
+        check_round_trip::<BlockQ2K>(0.31);
+        check_round_trip::<BlockQ3K>(0.16);
+        check_round_trip::<BlockQ4K>(0.075);
+        check_round_trip::<BlockQ5K>(0.038);
+        check_round_trip::<BlockQ6K>(0.019);
+    }
+
+    fn check_zero<B: Block>() {
+        let x = vec![0f32; 2 * QK_K];
+        let w = vec![1f32; 2 * QK_K];
+        for imatrix in [None, Some(&w[..])] {
+            let blocks = quantize::<B>(&x, imatrix);
+            assert!(
+                dequantize(&blocks).iter().all(|v| *v == 0.0),
+                "{}",
+                B::QTYPE.name()
+            );
+            assert_eq!(B::vec_dot(&blocks, &w), 0.0);
+        }
+    }
+
+    #[test]
+    fn all_zero_blocks_stay_zero() {
+        check_zero::<BlockQ2K>();
+        check_zero::<BlockQ3K>();
+        check_zero::<BlockQ4K>();
+        check_zero::<BlockQ5K>();
+        check_zero::<BlockQ6K>();
+    }
+
+    fn check_imatrix<B: Block>() {
+        let mut rng = Rng(11);
+        let cols = 512;
+        let x = rng.gauss_vec(32 * cols);
+        // Heavy-tailed importances, as real activations give.
+        let w: Vec<f32> = (0..cols).map(|_| (2.0 * rng.gauss()).exp()).collect();
+        let row = &x[..cols];
+        let plain = quantize::<B>(row, None);
+        let weighted = quantize::<B>(row, Some(&w));
+        assert_ne!(
+            bytemuck::cast_slice::<B, u8>(&plain),
+            bytemuck::cast_slice::<B, u8>(&weighted),
+            "{}: the imatrix changed nothing",
+            B::QTYPE.name()
+        );
+        let without = weighted_rmse::<B>(&x, cols, &w, false);
+        let with = weighted_rmse::<B>(&x, cols, &w, true);
+        assert!(
+            with < 0.97 * without,
+            "{}: weighted rmse {with} with the imatrix, {without} without",
+            B::QTYPE.name()
+        );
+    }
+
+    #[test]
+    fn imatrix_lowers_the_weighted_error() {
+        check_imatrix::<BlockQ2K>();
+        check_imatrix::<BlockQ3K>();
+        check_imatrix::<BlockQ4K>();
+        check_imatrix::<BlockQ5K>();
+        check_imatrix::<BlockQ6K>();
+    }
+
+    fn check_vec_dot<B: Block>() {
+        let mut rng = Rng(5);
+        let n = 4 * QK_K;
+        let blocks = quantize::<B>(&rng.gauss_vec(n), None);
+        let a = rng.gauss_vec(n);
+        let y = dequantize(&blocks);
+        let exact: f64 = y.iter().zip(&a).map(|(p, q)| *p as f64 * *q as f64).sum();
+        let scale: f64 = y
+            .iter()
+            .zip(&a)
+            .map(|(p, q)| (*p as f64 * *q as f64).abs())
+            .sum();
+        let got = B::vec_dot(&blocks, &a) as f64;
+        assert!(
+            (got - exact).abs() <= 1e-5 * scale,
+            "{}: vec_dot {got}, dequantize-dot {exact}",
+            B::QTYPE.name()
+        );
+    }
+
+    #[test]
+    fn vec_dot_matches_dequantize_then_dot() {
+        check_vec_dot::<BlockQ2K>();
+        check_vec_dot::<BlockQ3K>();
+        check_vec_dot::<BlockQ4K>();
+        check_vec_dot::<BlockQ5K>();
+        check_vec_dot::<BlockQ6K>();
+    }
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        let cases = [
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (3.49, 3),
+            (-7.7, -8),
+        ];
+        for (v, want) in cases {
+            assert_eq!(nearest_int(v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn packed_scales_unpack_to_themselves() {
+        for v in 0..64u8 {
+            let ls: [u8; 8] = std::array::from_fn(|j| (v + 7 * j as u8) % 64);
+            let lm: [u8; 8] = std::array::from_fn(|j| (v + 13 * j as u8 + 1) % 64);
+            let packed = pack_scale_min_k4(&ls, &lm);
+            for j in 0..8 {
+                assert_eq!(scale_min_k4(j, &packed), (ls[j], lm[j]));
+            }
+            let codes: [i8; 16] = std::array::from_fn(|j| ((v as usize + 5 * j) % 64) as i8);
+            let packed = pack_q3_scales(&codes);
+            for j in 0..16 {
+                assert_eq!(q3_scale(j, &packed) as i32, codes[j] as i32 - 32);
+            }
+        }
+    }
+
+    /// Groups that exercise the searches' corners: all zero, constant, all
+    /// positive, one outlier, tiny values, ties.
+    fn awkward_groups<const N: usize>(rng: &mut Rng) -> Vec<[f32; N]> {
+        let mut out = vec![
+            [0f32; N],
+            [0.75; N],
+            [-2.0; N],
+            std::array::from_fn(|i| i as f32),
+            std::array::from_fn(|i| if i == 3 { 40.0 } else { 0.01 * i as f32 }),
+            std::array::from_fn(|i| 1e-20 * (i as f32 - 4.0)),
+            std::array::from_fn(|i| [1.0, -1.0, 0.5, -0.5][i % 4]),
+        ];
+        for _ in 0..200 {
+            let g: [f32; N] = std::array::from_fn(|_| rng.gauss());
+            out.push(g);
+            out.push(g.map(f32::abs));
+        }
+        out
+    }
+
+    /// Each lane-parallel search equals its scalar twin bit for bit.
+    #[test]
+    fn lane_searches_match_the_scalar_searches() {
+        let mut rng = Rng(3);
+        let g16 = awkward_groups::<16>(&mut rng);
+        let g32 = awkward_groups::<32>(&mut rng);
+        for chunk in g16.chunks_exact(16) {
+            let x: Vec<f32> = chunk.iter().flatten().copied().collect();
+            let w: Vec<f32> = x.iter().map(|_| rng.uniform() as f32).collect();
+            for qw in [None, Some(&w[..])] {
+                for nmax in [4, 32] {
+                    let mut lanes = [[0i8; 16]; 16];
+                    let scales = make_qx_quants_lanes::<16, 16>(nmax, &x, &mut lanes, qw);
+                    for g in 0..16 {
+                        let mut l = [0i8; 16];
+                        let wg = qw.map(|q| group::<16>(q, g));
+                        let s = make_qx_quants(nmax, group::<16>(&x, g), &mut l, 1, wg);
+                        assert_eq!(s.to_bits(), scales[g].to_bits(), "qx group {g}");
+                        assert_eq!(l, lanes[g]);
+                    }
+                }
+            }
+            let mut lanes = [[0i8; 16]; 16];
+            let scales = make_q3_quants_lanes::<16, 16>(4, &x, &mut lanes);
+            for g in 0..16 {
+                let mut l = [0i8; 16];
+                let s = make_q3_quants(4, group::<16>(&x, g), &mut l, true);
+                assert_eq!(s.to_bits(), scales[g].to_bits(), "q3 group {g}");
+                assert_eq!(l, lanes[g]);
+            }
+            let mut lanes = [[0u8; 16]; 16];
+            let (s2, m2) =
+                make_qkx_quants_lanes::<16, 16, false>(3, &x, &w, &mut lanes, -0.5, 0.1, 15, true);
+            for g in 0..16 {
+                let mut l = [0u8; 16];
+                let (xs, ws) = (group::<16>(&x, g), group::<16>(&w, g));
+                let (s, m) = make_qkx2_quants(3, xs, ws, &mut l, -0.5, 0.1, 15, true);
+                assert_eq!(
+                    (s.to_bits(), m.to_bits()),
+                    (s2[g].to_bits(), m2[g].to_bits())
+                );
+                assert_eq!(l, lanes[g], "qkx2 group {g}");
+            }
+        }
+        for chunk in g32.chunks_exact(8) {
+            let x: Vec<f32> = chunk.iter().flatten().copied().collect();
+            let w: Vec<f32> = x.iter().map(|_| rng.uniform() as f32).collect();
+            let mut lanes = [[0u8; 32]; 8];
+            let (s3, m3) =
+                make_qkx_quants_lanes::<32, 8, true>(15, &x, &w, &mut lanes, -0.9, 0.05, 36, false);
+            for g in 0..8 {
+                let mut l = [0u8; 32];
+                let (xs, ws) = (group::<32>(&x, g), group::<32>(&w, g));
+                let (s, m) = make_qkx3_quants(15, xs, ws, &mut l, -0.9, 0.05, 36, false);
+                assert_eq!(
+                    (s.to_bits(), m.to_bits()),
+                    (s3[g].to_bits(), m3[g].to_bits())
+                );
+                assert_eq!(l, lanes[g], "qkx3 group {g}");
+            }
+        }
+    }
+
+    /// Dequantization against an independent reading of the C layout
+    /// (ggml's `dequantize_row_q4_K` loop), on random bytes.
+    #[test]
+    fn q4k_dequantize_follows_the_c_layout() {
+        let mut rng = Rng(9);
+        let mut bytes = [0u8; 144];
+        bytes.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
+        bytes[..2].copy_from_slice(&f16::from_f32(0.25).to_bits().to_le_bytes());
+        bytes[2..4].copy_from_slice(&f16::from_f32(-0.125).to_bits().to_le_bytes());
+        let b: BlockQ4K = bytemuck::pod_read_unaligned(&bytes);
+        let mut y = [0f32; QK_K];
+        BlockQ4K::dequantize_row(std::slice::from_ref(&b), &mut y);
+        let (d, min) = (b.d.to_f32(), b.dmin.to_f32());
+        let mut k = 0;
+        for (is, q) in b.qs.chunks_exact(32).enumerate() {
+            for (half, shift) in [(0, 0), (1, 4)] {
+                let (sc, m) = scale_min_k4(2 * is + half, &b.scales);
+                for &byte in q {
+                    let want = d * sc as f32 * ((byte >> shift) & 0xF) as f32 - min * m as f32;
+                    assert_eq!(y[k].to_bits(), want.to_bits(), "weight {k}");
+                    k += 1;
+                }
+            }
+        }
     }
 }

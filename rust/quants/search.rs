@@ -61,7 +61,7 @@ pub fn make_qx_quants<const N: usize>(
     let mut iscale = -nmaxf / max;
     let codes = |iscale: f32, out: &mut [f32; N]| {
         for (o, &v) in out.iter_mut().zip(x) {
-            *o = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+            *o = nearest_int(iscale * v).max(-nmax).min(nmax - 1) as f32;
         }
     };
     let store = |codes: &[f32; N], l: &mut [i8; N]| {
@@ -139,13 +139,13 @@ pub fn make_q3_quants<const N: usize>(
     let iscale = -(nmax as f32) / max;
     if !do_rmse {
         for (o, &v) in l.iter_mut().zip(x) {
-            *o = (nearest_int(iscale * v).clamp(-nmax, nmax - 1) + nmax) as i8;
+            *o = (nearest_int(iscale * v).max(-nmax).min(nmax - 1) + nmax) as i8;
         }
         return 1.0 / iscale;
     }
     let (mut sumlx, mut suml2) = (0f32, 0f32);
     for (o, &v) in l.iter_mut().zip(x) {
-        let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        let q = nearest_int(iscale * v).max(-nmax).min(nmax - 1);
         *o = q as i8;
         let w = v * v;
         let q = q as f32;
@@ -160,7 +160,7 @@ pub fn make_q3_quants<const N: usize>(
             let mut slx = sumlx - w * v * cur;
             if slx > 0.0 {
                 let mut sl2 = suml2 - w * cur * cur;
-                let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
+                let new_l = nearest_int(v * sl2 / slx).max(-nmax).min(nmax - 1);
                 if new_l != *li as i32 {
                     let q = new_l as f32;
                     slx += w * v * q;
@@ -234,7 +234,7 @@ fn make_qkx_quants<const N: usize, const QKX3: bool>(
     let mut scale = 1.0 / iscale;
     let mut best_error = 0f32;
     for i in 0..N {
-        l[i] = nearest_int(iscale * (x[i] - min)).clamp(0, nmax) as u8;
+        l[i] = nearest_int(iscale * (x[i] - min)).max(0).min(nmax) as u8;
         let diff = scale * l[i] as f32 + min - x[i];
         let diff = if use_mad { diff.abs() } else { diff * diff };
         best_error += weights[i] * diff;
@@ -256,7 +256,7 @@ fn make_qkx_quants<const N: usize, const QKX3: bool>(
                     0
                 }
             } else {
-                nearest_int(v).clamp(0, nmax)
+                nearest_int(v).max(0).min(nmax)
             };
             laux[i] = q as f32;
             wl[i] = weights[i] * laux[i];
@@ -413,4 +413,319 @@ pub fn make_qp_quants<const N: usize>(
     } else {
         0.0
     }
+}
+
+// ------------------------------------------------------------ lane-parallel
+//
+// A super-block holds G independent groups (sub-blocks) of N values, and
+// ggml searches each group on its own. The versions below run the G searches
+// in lock-step, group g in lane g: the data is transposed so that the inner
+// loops run over lanes, where every lane still adds its terms in ggml's index
+// order. The compiler vectorizes across lanes, the results stay bit-identical
+// to the scalar searches above (a test holds them equal), and per-group
+// branches become per-lane selects.
+
+/// `t[i][g] = x[N * g + i]`: group-major values to lane-major.
+#[inline(always)]
+fn transpose<const N: usize, const G: usize>(x: &[f32]) -> [[f32; G]; N] {
+    let mut t = [[0f32; G]; N];
+    for g in 0..G {
+        for i in 0..N {
+            t[i][g] = x[N * g + i];
+        }
+    }
+    t
+}
+
+#[inline(always)]
+fn select<const G: usize>(mask: &[bool; G], new: &[f32; G], old: &mut [f32; G]) {
+    for g in 0..G {
+        old[g] = if mask[g] { new[g] } else { old[g] };
+    }
+}
+
+/// The signed absmax and the absmax of every lane (first one on ties).
+#[inline(always)]
+fn lanes_signed_absmax<const N: usize, const G: usize>(xt: &[[f32; G]; N]) -> ([f32; G], [f32; G]) {
+    let (mut max, mut amax) = ([0f32; G], [0f32; G]);
+    for row in xt {
+        for g in 0..G {
+            let ax = row[g].abs();
+            let take = ax > amax[g];
+            amax[g] = if take { ax } else { amax[g] };
+            max[g] = if take { row[g] } else { max[g] };
+        }
+    }
+    (max, amax)
+}
+
+/// [`make_qx_quants`] with `rmse_type == 1` on G groups of N values
+/// (`x[N * g + i]`), weights `qw` laid out the same way (x² when `None`).
+/// Writes the codes of group g to `l[g]` and returns the scales.
+pub fn make_qx_quants_lanes<const N: usize, const G: usize>(
+    nmax: i32,
+    x: &[f32],
+    l: &mut [[i8; N]; G],
+    qw: Option<&[f32]>,
+) -> [f32; G] {
+    let xt = transpose::<N, G>(x);
+    let w: [[f32; G]; N] = match qw {
+        Some(q) => transpose::<N, G>(q),
+        None => std::array::from_fn(|i| std::array::from_fn(|g| xt[i][g] * xt[i][g])),
+    };
+    let wx: [[f32; G]; N] = std::array::from_fn(|i| std::array::from_fn(|g| w[i][g] * xt[i][g]));
+    let (max, amax) = lanes_signed_absmax(&xt);
+    let nmaxf = nmax as f32;
+    // Codes and the two weighted sums for one inverse scale per lane.
+    let search = |iscale: &[f32; G], lf: &mut [[f32; G]; N]| {
+        for i in 0..N {
+            for g in 0..G {
+                lf[i][g] = nearest_int(iscale[g] * xt[i][g]).max(-nmax).min(nmax - 1) as f32;
+            }
+        }
+        let (mut sumlx, mut suml2) = ([0f32; G], [0f32; G]);
+        for i in 0..N {
+            for g in 0..G {
+                sumlx[g] += wx[i][g] * lf[i][g];
+                suml2[g] += w[i][g] * lf[i][g] * lf[i][g];
+            }
+        }
+        (sumlx, suml2)
+    };
+    let iscale: [f32; G] = std::array::from_fn(|g| -nmaxf / max[g]);
+    let mut best_l = [[0f32; G]; N];
+    let (sumlx, suml2) = search(&iscale, &mut best_l);
+    let mut scale: [f32; G] = std::array::from_fn(|g| {
+        if nonzero(suml2[g]) {
+            sumlx[g] / suml2[g]
+        } else {
+            0.0
+        }
+    });
+    let mut best: [f32; G] = std::array::from_fn(|g| scale[g] * sumlx[g]);
+    let mut lf = [[0f32; G]; N];
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        let iscale: [f32; G] = std::array::from_fn(|g| -(nmaxf + 0.1 * is as f32) / max[g]);
+        let (sumlx, suml2) = search(&iscale, &mut lf);
+        let better: [bool; G] =
+            std::array::from_fn(|g| (suml2[g] > 0.0) & (sumlx[g] * sumlx[g] > best[g] * suml2[g]));
+        let new_scale: [f32; G] = std::array::from_fn(|g| sumlx[g] / suml2[g]);
+        let new_best: [f32; G] = std::array::from_fn(|g| new_scale[g] * sumlx[g]);
+        for i in 0..N {
+            select(&better, &lf[i], &mut best_l[i]);
+        }
+        select(&better, &new_scale, &mut scale);
+        select(&better, &new_best, &mut best);
+    }
+    for g in 0..G {
+        let zero = amax[g] < GROUP_MAX_EPS;
+        for i in 0..N {
+            l[g][i] = if zero {
+                0
+            } else {
+                (nmax + best_l[i][g] as i32) as i8
+            };
+        }
+        if zero {
+            scale[g] = 0.0;
+        }
+    }
+    scale
+}
+
+/// [`make_q3_quants`] with `do_rmse` on G groups of N values.
+pub fn make_q3_quants_lanes<const N: usize, const G: usize>(
+    nmax: i32,
+    x: &[f32],
+    l: &mut [[i8; N]; G],
+) -> [f32; G] {
+    let xt = transpose::<N, G>(x);
+    let (max, amax) = lanes_signed_absmax(&xt);
+    let iscale: [f32; G] = std::array::from_fn(|g| -(nmax as f32) / max[g]);
+    let w: [[f32; G]; N] = std::array::from_fn(|i| std::array::from_fn(|g| xt[i][g] * xt[i][g]));
+    let mut lt = [[0f32; G]; N];
+    let (mut sumlx, mut suml2) = ([0f32; G], [0f32; G]);
+    for i in 0..N {
+        for g in 0..G {
+            let q = nearest_int(iscale[g] * xt[i][g]).max(-nmax).min(nmax - 1) as f32;
+            lt[i][g] = q;
+            sumlx[g] += w[i][g] * xt[i][g] * q;
+            suml2[g] += w[i][g] * q * q;
+        }
+    }
+    // A lane that made no change in a pass would make none in the next one
+    // either, so running the passes until no lane changes is exact.
+    for _ in 0..5 {
+        let mut changed = [false; G];
+        for i in 0..N {
+            for g in 0..G {
+                let (v, wi, cur) = (xt[i][g], w[i][g], lt[i][g]);
+                let slx = sumlx[g] - wi * v * cur;
+                let sl2 = suml2[g] - wi * cur * cur;
+                let new_l = nearest_int(v * sl2 / slx).max(-nmax).min(nmax - 1) as f32;
+                let slx_new = slx + wi * v * new_l;
+                let sl2_new = sl2 + wi * new_l * new_l;
+                let take = (slx > 0.0)
+                    & (new_l != cur)
+                    & (sl2_new > 0.0)
+                    & (slx_new * slx_new * suml2[g] > sumlx[g] * sumlx[g] * sl2_new);
+                lt[i][g] = if take { new_l } else { cur };
+                sumlx[g] = if take { slx_new } else { sumlx[g] };
+                suml2[g] = if take { sl2_new } else { suml2[g] };
+                changed[g] |= take;
+            }
+        }
+        if !changed.iter().any(|&c| c) {
+            break;
+        }
+    }
+    std::array::from_fn(|g| {
+        let zero = amax[g] < GROUP_MAX_EPS;
+        for i in 0..N {
+            l[g][i] = if zero {
+                0
+            } else {
+                (lt[i][g] as i32 + nmax) as i8
+            };
+        }
+        if zero || suml2[g] <= 0.0 || suml2[g].is_nan() {
+            0.0
+        } else {
+            sumlx[g] / suml2[g]
+        }
+    })
+}
+
+/// [`make_qkx2_quants`] (`QKX3 = false`) or [`make_qkx3_quants`] on G groups
+/// of N values; `weights` laid out as `x`. Returns the scales and the
+/// (negated) mins.
+#[allow(clippy::too_many_arguments)]
+pub fn make_qkx_quants_lanes<const N: usize, const G: usize, const QKX3: bool>(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    l: &mut [[u8; N]; G],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> ([f32; G], [f32; G]) {
+    let xt = transpose::<N, G>(x);
+    let w = transpose::<N, G>(weights);
+    let mut min = xt[0];
+    let mut max = xt[0];
+    let mut sum_w = w[0];
+    let mut sum_x: [f32; G] = std::array::from_fn(|g| sum_w[g] * xt[0][g]);
+    for i in 1..N {
+        for g in 0..G {
+            let v = xt[i][g];
+            min[g] = if v < min[g] { v } else { min[g] };
+            max[g] = if v > max[g] { v } else { max[g] };
+            sum_w[g] += w[i][g];
+            sum_x[g] += w[i][g] * v;
+        }
+    }
+    for m in &mut min {
+        *m = if *m > 0.0 { 0.0 } else { *m };
+    }
+    let degenerate: [bool; G] = std::array::from_fn(|g| {
+        if QKX3 {
+            max[g] <= min[g]
+        } else {
+            max[g] == min[g]
+        }
+    });
+    let min0 = min;
+    let nmaxf = nmax as f32;
+    let iscale: [f32; G] = std::array::from_fn(|g| nmaxf / (max[g] - min[g]));
+    let mut scale: [f32; G] = std::array::from_fn(|g| 1.0 / iscale[g]);
+    let mut best_l = [[0f32; G]; N];
+    let mut best_error = [0f32; G];
+    let error_term = |diff: f32, w: f32| {
+        let diff = if use_mad { diff.abs() } else { diff * diff };
+        w * diff
+    };
+    for i in 0..N {
+        for g in 0..G {
+            let q = nearest_int(iscale[g] * (xt[i][g] - min[g]))
+                .max(0)
+                .min(nmax) as f32;
+            best_l[i][g] = q;
+            best_error[g] += error_term(scale[g] * q + min[g] - xt[i][g], w[i][g]);
+        }
+    }
+    if nstep >= 1 {
+        let mut laux = [[0f32; G]; N];
+        for is in 0..=nstep {
+            let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; G], [0f32; G], [0f32; G]);
+            let iscale: [f32; G] =
+                std::array::from_fn(|g| (rmin + rdelta * is as f32 + nmaxf) / (max[g] - min[g]));
+            for i in 0..N {
+                for g in 0..G {
+                    let v = iscale[g] * (xt[i][g] - min[g]);
+                    let q = if QKX3 {
+                        // Both sides computed: a select, not a branch.
+                        let r = nearest_int(if v < nmaxf { v } else { nmaxf });
+                        if v > 0.0 {
+                            r
+                        } else {
+                            0
+                        }
+                    } else {
+                        nearest_int(v).max(0).min(nmax)
+                    } as f32;
+                    laux[i][g] = q;
+                    let wl = w[i][g] * q;
+                    sum_l[g] += wl;
+                    sum_l2[g] += wl * q;
+                    sum_xl[g] += wl * xt[i][g];
+                }
+            }
+            let mut this_scale = [0f32; G];
+            let mut this_min = [0f32; G];
+            let mut fit = [false; G];
+            for g in 0..G {
+                let d = sum_w[g] * sum_l2[g] - sum_l[g] * sum_l[g];
+                fit[g] = d > 0.0;
+                let s = (sum_w[g] * sum_xl[g] - sum_x[g] * sum_l[g]) / d;
+                let m = (sum_l2[g] * sum_x[g] - sum_l[g] * sum_xl[g]) / d;
+                let clip = m > 0.0;
+                this_min[g] = if clip { 0.0 } else { m };
+                this_scale[g] = if clip { sum_xl[g] / sum_l2[g] } else { s };
+            }
+            if !fit.iter().any(|&f| f) {
+                continue;
+            }
+            let mut cur_error = [0f32; G];
+            for i in 0..N {
+                for g in 0..G {
+                    let diff = this_scale[g] * laux[i][g] + this_min[g] - xt[i][g];
+                    cur_error[g] += error_term(diff, w[i][g]);
+                }
+            }
+            let better: [bool; G] =
+                std::array::from_fn(|g| fit[g] & (cur_error[g] < best_error[g]));
+            for i in 0..N {
+                select(&better, &laux[i], &mut best_l[i]);
+            }
+            select(&better, &cur_error, &mut best_error);
+            select(&better, &this_scale, &mut scale);
+            select(&better, &this_min, &mut min);
+        }
+    }
+    let mut neg_min = [0f32; G];
+    for g in 0..G {
+        for i in 0..N {
+            l[g][i] = if degenerate[g] { 0 } else { best_l[i][g] as u8 };
+        }
+        if degenerate[g] {
+            scale[g] = 0.0;
+            min[g] = min0[g];
+        }
+        neg_min[g] = -min[g];
+    }
+    (scale, neg_min)
 }
