@@ -10,6 +10,7 @@ memory only while it is being converted. BF16 (which numpy lacks) is widened to 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -148,16 +149,44 @@ class SafetensorsDir:
         view = self._map(t.file)[t.begin : t.end]
         return view.view(_DTYPES[t.dtype]).reshape(t.shape)
 
-    def load_f32(self, name: str) -> np.ndarray:
-        """A float32 copy of one tensor."""
+    def load_f32(self, name: str, release: bool = True) -> np.ndarray:
+        """A float32 copy of one tensor; ``release`` drops its file pages from memory after."""
         t = self.tensors[name]
         arr = self.raw(name)
         if t.dtype == "BF16":
-            return (arr.astype(np.uint32) << 16).view(np.float32)
-        return arr.astype(np.float32)
+            # widen in place: one float32-sized buffer, no temporaries
+            bits = np.empty(arr.shape, dtype=np.uint32)
+            np.copyto(bits, arr, casting="safe")
+            np.left_shift(bits, 16, out=bits)
+            out = bits.view(np.float32)
+        else:
+            out = arr.astype(np.float32)
+        if release:
+            release_pages(self._map(t.file), t.begin, t.end)
+        return out
 
     def close(self) -> None:
         self._maps.clear()
+
+
+def release_pages(mm: np.memmap, begin: int, end: int) -> None:
+    """Tell the kernel a read-only mapped range is done with (``MADV_DONTNEED``).
+
+    The pages stay valid (re-read from the file if touched again) but leave the resident set,
+    so streaming a model keeps RSS near one tensor rather than the whole file.
+    """
+    raw = getattr(mm, "_mmap", None)
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if raw is None or advice is None:
+        return
+    page = mmap.PAGESIZE
+    start = (begin + page - 1) // page * page  # whole pages inside the range only
+    stop = end // page * page
+    if stop > start:
+        try:
+            raw.madvise(advice, start, stop - start)
+        except (OSError, ValueError):
+            pass
 
 
 def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
