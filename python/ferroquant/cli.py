@@ -14,7 +14,10 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("ferroquant.commands.inspect", "show a GGUF file's metadata and tensors"),
     "convert": ("ferroquant.commands.convert", "convert a Hugging Face checkpoint to GGUF"),
-    "export-hf": ("ferroquant.commands.export_hf", "convert a GGUF model to a Hugging Face checkpoint"),
+    "export-hf": (
+        "ferroquant.commands.export_hf",
+        "convert a GGUF model to a Hugging Face checkpoint",
+    ),
     "quantize": ("ferroquant.commands.quantize", "quantize a model (requantize a GGUF file)"),
 }
 
