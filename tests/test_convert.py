@@ -296,3 +296,24 @@ def test_convert_runs_without_torch(tmp_path: Path) -> None:
     assert out.is_file()
     assert {i.qtype for i in tensor_infos(open_gguf(out))} == {"Q8_0", "F32"}
     assert T.Q8_0.name in proc.stdout
+
+
+@pytest.mark.peer
+def test_sentencepiece_vocab_matches_llama_cpp(tmp_path: Path) -> None:
+    spm = pytest.importorskip("sentencepiece")
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from test_convert_models import make_spm_model, wikitext_lines
+
+    src = make_spm_model(tmp_path / "hf")
+    out = tmp_path / "spm.gguf"
+    convert(src, out, "F16", progress=False)
+    r = open_gguf(out)
+    assert field_value(r, "tokenizer.ggml.model") == "llama"
+    assert field_value(r, "tokenizer.ggml.add_bos_token") is True
+    assert len(field_value(r, "tokenizer.ggml.scores")) == 600
+    sp = spm.SentencePieceProcessor(model_file=str(src / "tokenizer.model"))
+    llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    lines = wikitext_lines(300, min_len=2)
+    bad = [ln for ln in lines if sp.encode(ln) != llm.tokenize(ln.encode(), add_bos=False)]
+    assert bad == []
+    assert llm.tokenize(b"Hello", add_bos=True)[0] == 1

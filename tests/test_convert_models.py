@@ -217,3 +217,40 @@ def make_model(
     tensors = hf_tensors(cfg, np.random.default_rng(seed))
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     return out_dir
+
+
+def make_spm_model(out_dir: Path, arch: str = "llama", vocab_size: int = 600) -> Path:
+    """A tiny checkpoint whose tokenizer is a SentencePiece ``tokenizer.model`` (Llama 2 style:
+    BPE pieces, byte fallback, dummy prefix, identity normalisation)."""
+    import sentencepiece as spm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(wikitext_lines(2000, min_len=2)),
+        model_prefix=str(out_dir / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    (out_dir / "tokenizer.vocab").unlink()
+    cfg_tok = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "tokenizer_class": "LlamaTokenizer",
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg_tok), encoding="utf-8")
+    cfg = _config(arch, vocab_size, 2, 64, 128, False)
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    save_file(hf_tensors(cfg, np.random.default_rng(1)), str(out_dir / "model.safetensors"))
+    return out_dir
