@@ -304,8 +304,6 @@ def _impl(st: _State, new: T, name: str, ncols: int, ft: str, model: ModelShape)
         elif ft == "Q3_K_L":
             new = T.Q4_K
         return new
-    if cat == "attn_qkv":  # pragma: no cover - handled with attn_v above, kept for clarity
-        return new
     if cat == "ffn_gate":
         st.i_ffn_gate += 1
     elif cat == "ffn_up":
