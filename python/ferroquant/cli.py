@@ -13,6 +13,9 @@ from . import __version__
 # name -> (module, help). The module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("ferroquant.commands.inspect", "show a GGUF file's metadata and tensors"),
+    "run": ("ferroquant.commands.run", "generate text from a GGUF model on the CPU"),
+    "bench": ("ferroquant.commands.bench", "prompt and generation tokens/s of a GGUF model"),
+    "eval": ("ferroquant.commands.eval", "perplexity, KL divergence and top-1 agreement"),
     "convert": ("ferroquant.commands.convert", "convert a Hugging Face checkpoint to GGUF"),
     "export-hf": (
         "ferroquant.commands.export_hf",

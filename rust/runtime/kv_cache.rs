@@ -46,9 +46,15 @@ impl KvCache {
 
     /// Write the keys and values of consecutive positions starting at `pos0`.
     pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
+        // Values are kept at f16 precision, as in llama.cpp's default F16 cache.
         let start = self.base(layer, pos0);
-        self.k[start..start + k.len()].copy_from_slice(k);
-        self.v[start..start + v.len()].copy_from_slice(v);
+        let round = |x: &f32| half::f16::from_f32(*x).to_f32();
+        for (d, s) in self.k[start..start + k.len()].iter_mut().zip(k) {
+            *d = round(s);
+        }
+        for (d, s) in self.v[start..start + v.len()].iter_mut().zip(v) {
+            *d = round(s);
+        }
     }
 
     pub fn key(&self, layer: usize, pos: usize, kv_head: usize) -> &[f32] {

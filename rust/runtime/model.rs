@@ -467,6 +467,10 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+fn round_f16(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
 /// Causal grouped-query attention of the batch's queries over the cache.
 fn attention(hp: &HParams, cache: &KvCache, layer: usize, pos0: usize, q: &[f32], out: &mut [f32]) {
     let hd = hp.head_dim;
@@ -475,10 +479,12 @@ fn attention(hp: &HParams, cache: &KvCache, layer: usize, pos0: usize, q: &[f32]
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
         let (t, head) = (idx / hp.n_head, idx % hp.n_head);
         let kvh = head / group;
-        let qv = &q[idx * hd..(idx + 1) * hd];
+        // Queries and probabilities pass through f16, as in llama.cpp's KQ and KQV
+        // products over its F16 cache, so results track llama.cpp's closely.
+        let qv: Vec<f32> = q[idx * hd..(idx + 1) * hd].iter().map(|&x| round_f16(x)).collect();
         let n_keys = pos0 + t + 1;
         let mut scores: Vec<f32> = (0..n_keys)
-            .map(|p| dot(qv, cache.key(layer, p, kvh)) * scale)
+            .map(|p| dot(&qv, cache.key(layer, p, kvh)) * scale)
             .collect();
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0f32;
@@ -487,8 +493,9 @@ fn attention(hp: &HParams, cache: &KvCache, layer: usize, pos0: usize, q: &[f32]
             sum += *s;
         }
         o.fill(0.0);
+        let inv = 1.0 / sum;
         for (p, s) in scores.iter().enumerate() {
-            let w = s / sum;
+            let w = round_f16(s * inv);
             for (a, b) in o.iter_mut().zip(cache.value(layer, p, kvh)) {
                 *a += w * b;
             }

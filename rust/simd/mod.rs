@@ -72,7 +72,8 @@ impl<'a> Acts<'a> {
     }
 }
 
-/// Quantize activations to [`BlockQ8A`] (round to nearest, scale = absmax / 127).
+/// Quantize activations to [`BlockQ8A`] (round to nearest, scale = absmax / 127, the
+/// codes computed with the f32 scale, the scale kept at f16 precision: `quantize_row_q8_0`).
 pub fn quantize_acts(x: &[f32], dst: &mut [BlockQ8A]) {
     for (blk, xs) in dst.iter_mut().zip(x.chunks_exact(32)) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -83,7 +84,8 @@ pub fn quantize_acts(x: &[f32], dst: &mut [BlockQ8A]) {
             *q = (v * id).round() as i8;
             sums[j / 16] += *q as i16;
         }
-        blk.d = d;
+        // Stored through f16 as ggml's block_q8_0/q8_1 do, so products agree with llama.cpp's.
+        blk.d = half::f16::from_f32(d).to_f32();
         blk.sum = sums;
     }
 }
