@@ -89,7 +89,7 @@ def test_imatrix_legacy_file_changes_k_quants(tiny: Path, tmp_path: Path) -> Non
 def test_bad_imatrix(tiny: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.dat"
     bad.write_bytes(struct.pack("<i", 3) + b"\x05\x00")
-    with pytest.raises(ConvertError, match="bad.dat"):
+    with pytest.raises(ConvertError, match=r"bad\.dat"):
         convert(tiny, tmp_path / "o.gguf", "Q4_K_M", imatrix=bad, progress=False)
     assert not (tmp_path / "o.gguf").exists()
 
