@@ -129,7 +129,18 @@ fn rows_per_task(cols: usize) -> usize {
 }
 
 fn check_finite(src: &[f32], cols: usize) -> Result<()> {
-    let bad = src.par_iter().position_first(|v| !v.is_finite());
+    // Chunked scan: a per-element parallel search costs more than the quantization itself.
+    const CHUNK: usize = 1 << 16;
+    let bad = src
+        .par_chunks(CHUNK)
+        .enumerate()
+        .find_first(|(_, chunk)| !chunk.iter().fold(true, |ok, v| ok & v.is_finite()))
+        .and_then(|(c, chunk)| {
+            chunk
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| c * CHUNK + i)
+        });
     match bad {
         None => Ok(()),
         Some(i) => Err(Error::Value(format!(
