@@ -1,6 +1,7 @@
 //! PyO3 bindings: numpy in and out, argument checks, GIL release. No kernels
 //! here; everything calls into `crate::quants`.
 
+mod gptq;
 mod quants;
 mod runtime;
 
@@ -24,5 +25,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     quants::register(m)?;
     runtime::register(m)?;
+    gptq::register(m)?;
     Ok(())
 }

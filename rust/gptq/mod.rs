@@ -277,12 +277,20 @@ pub fn gptq(
                 }
             });
         if i2 < cols {
+            // W[:, i2:] -= Err · U[i1:i2, i2:], written transposed on column-major
+            // views (Wᵀ -= Uᵀ Errᵀ): the same memory, and faer 0.24's matmul
+            // into a row-major strided destination gave wrong results.
             let rest = cols - i2;
-            let dst = MatMut::from_row_major_slice_with_stride_mut(&mut w[i2..], rows, rest, cols);
-            let lhs = MatRef::from_row_major_slice_with_stride(&err[..], rows, count, bs);
-            let rhs =
-                MatRef::from_row_major_slice_with_stride(&u[i1 * cols + i2..], count, rest, cols);
-            matmul(dst, Accum::Add, lhs, rhs, -1.0f32, Par::rayon(0));
+            let dst =
+                MatMut::from_column_major_slice_with_stride_mut(&mut w[i2..], rest, rows, cols);
+            let err_t = MatRef::from_column_major_slice_with_stride(&err[..], count, rows, bs);
+            let u_t = MatRef::from_column_major_slice_with_stride(
+                &u[i1 * cols + i2..],
+                rest,
+                count,
+                cols,
+            );
+            matmul(dst, Accum::Add, u_t, err_t, -1.0f32, Par::rayon(0));
         }
         i1 = i2;
     }
@@ -459,6 +467,31 @@ mod tests {
             );
             assert!(lg < lr, "act_order={act_order}: gptq {lg} rtn {lr}");
         }
+    }
+
+    #[test]
+    fn lazy_blocks_do_not_change_the_result() {
+        let (rows, cols) = (24, 200);
+        let (w, h) = problem(rows, cols, 300);
+        let run = |block_size| {
+            let cfg = GptqConfig {
+                group_size: None,
+                block_size,
+                ..Default::default()
+            };
+            gptq(&w, &h, rows, cols, &cfg).unwrap().dequant
+        };
+        let (one, blocked) = (run(cols), run(32));
+        let same = one
+            .iter()
+            .zip(&blocked)
+            .filter(|(a, b)| (*a - *b).abs() < 1e-4)
+            .count();
+        assert!(
+            same as f64 > 0.995 * one.len() as f64,
+            "{same} of {}",
+            one.len()
+        );
     }
 
     #[test]
