@@ -3,8 +3,9 @@
 //! forced quiet (`ggml_compute_fp32_to_bf16`).
 
 use bytemuck::{Pod, Zeroable};
-use half::f16;
+use half::{f16, slice::HalfFloatSliceExt};
 
+use super::legacy::dispatch;
 use super::{Block, QType};
 
 #[repr(C)]
@@ -27,23 +28,42 @@ pub struct BlockBF16 {
 }
 
 impl BlockBF16 {
+    /// Branch-free, so that row loops vectorize. A NaN keeps its sign and top
+    /// payload bits and gets the quiet bit; anything else rounds to nearest
+    /// even (the sum cannot overflow: only NaNs have bits >= 0xffff_8000).
+    #[inline(always)]
     pub fn from_f32(x: f32) -> Self {
-        let mut n = x.to_bits();
-        if n & 0x7fff_ffff > 0x7f80_0000 {
-            // NaN: keep the sign and payload top, force the quiet bit.
-            n = (n & 0xffff_0000) | (64 << 16);
-            return Self {
-                bits: (n >> 16) as u16,
-            };
-        }
-        let rounded = (n as u64 + (0x7fff + ((n as u64 >> 16) & 1))) >> 16;
+        let n = x.to_bits();
+        let nan = (n >> 16) as u16 | 0x0040;
+        let rounded = (n.wrapping_add(0x7fff + ((n >> 16) & 1)) >> 16) as u16;
         Self {
-            bits: rounded as u16,
+            bits: if n & 0x7fff_ffff > 0x7f80_0000 {
+                nan
+            } else {
+                rounded
+            },
         }
     }
 
+    #[inline(always)]
     pub fn to_f32(self) -> f32 {
         f32::from_bits((self.bits as u32) << 16)
+    }
+}
+
+dispatch! {
+    fn quantize_bf16(src: &[f32], dst: &mut [BlockBF16]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = BlockBF16::from_f32(*s);
+        }
+    }
+}
+
+dispatch! {
+    fn dequantize_bf16(src: &[BlockBF16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
     }
 }
 
@@ -51,15 +71,11 @@ impl Block for BlockF32 {
     const QTYPE: QType = QType::F32;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            d.value = *s;
-        }
+        bytemuck::cast_slice_mut(dst).copy_from_slice(src);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = s.value;
-        }
+        dst.copy_from_slice(bytemuck::cast_slice(src));
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -70,16 +86,14 @@ impl Block for BlockF32 {
 impl Block for BlockF16 {
     const QTYPE: QType = QType::F16;
 
+    /// `half`'s slice conversion: F16C eight at a time when the CPU has it
+    /// (round to nearest even either way, as numpy and ggml).
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            d.value = f16::from_f32(*s);
-        }
+        bytemuck::cast_slice_mut::<Self, f16>(dst).convert_from_f32_slice(src);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = s.value.to_f32();
-        }
+        bytemuck::cast_slice::<Self, f16>(src).convert_to_f32_slice(dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -91,15 +105,11 @@ impl Block for BlockBF16 {
     const QTYPE: QType = QType::BF16;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = Self::from_f32(*s);
-        }
+        quantize_bf16(src, dst);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = s.to_f32();
-        }
+        dequantize_bf16(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -122,5 +132,82 @@ mod tests {
         let nan = BlockBF16::from_f32(f32::from_bits(0x7f80_0001));
         assert!(nan.to_f32().is_nan());
         assert_eq!(nan.bits & 0x0040, 0x0040);
+    }
+
+    /// numpy's / ggml's BF16 rounding written with a branch, as in gguf-py.
+    fn bf16_reference(x: f32) -> u16 {
+        let mut n = x.to_bits();
+        if n & 0x7fff_ffff > 0x7f80_0000 {
+            n = (n & 0xffff_0000) | (64 << 16);
+            return (n >> 16) as u16;
+        }
+        ((n as u64 + (0x7fff + ((n as u64 >> 16) & 1))) >> 16) as u16
+    }
+
+    /// Bit patterns over every exponent, with low-bit halfway cases and NaNs.
+    fn bit_patterns() -> Vec<f32> {
+        let mut v = Vec::new();
+        let mut s = 0x1234_5678_9abc_def1u64;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let bits = (s >> 32) as u32;
+            v.push(f32::from_bits(bits));
+            v.push(f32::from_bits((bits & 0xffff_0000) | 0x8000)); // bf16 tie
+            v.push(f32::from_bits((bits & 0xffff_e000) | 0x1000)); // f16 tie
+        }
+        v.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+        ]);
+        v.extend([65504.0, 65520.0, 65519.99, 6.0e-8, 2.9e-8, 3.0e-8, -5.96e-8]);
+        v.extend([f32::from_bits(0x7f7f_ffff), f32::from_bits(0xffff_ffff)]);
+        v.resize(v.len().next_multiple_of(8) + 5, 1.0); // a ragged tail
+        v
+    }
+
+    #[test]
+    fn bf16_rows_match_the_reference_on_both_paths() {
+        let x = bit_patterns();
+        for portable in [false, true] {
+            crate::quants::legacy::FORCE_PORTABLE.with(|c| c.set(portable));
+            let mut q = vec![BlockBF16::zeroed(); x.len()];
+            BlockBF16::quantize_row(&x, &mut q, None);
+            let mut y = vec![0f32; x.len()];
+            BlockBF16::dequantize_row(&q, &mut y);
+            crate::quants::legacy::FORCE_PORTABLE.with(|c| c.set(false));
+            for ((v, b), y) in x.iter().zip(&q).zip(&y) {
+                assert_eq!(b.bits, bf16_reference(*v), "{v:e} ({:#x})", v.to_bits());
+                assert_eq!(y.to_bits(), (b.bits as u32) << 16);
+            }
+        }
+    }
+
+    #[test]
+    fn f16_rows_match_scalar_conversion() {
+        let x = bit_patterns();
+        let mut q = vec![BlockF16::zeroed(); x.len()];
+        BlockF16::quantize_row(&x, &mut q, None);
+        let mut y = vec![0f32; x.len()];
+        BlockF16::dequantize_row(&q, &mut y);
+        for ((v, b), y) in x.iter().zip(&q).zip(&y) {
+            let want = f16::from_f32(*v);
+            if v.is_nan() {
+                assert!(b.value.is_nan() && y.is_nan());
+                continue;
+            }
+            assert_eq!(
+                b.value.to_bits(),
+                want.to_bits(),
+                "{v:e} ({:#x})",
+                v.to_bits()
+            );
+            assert_eq!(y.to_bits(), want.to_f32().to_bits());
+        }
     }
 }

@@ -53,26 +53,57 @@ pub struct BlockQ8_0 {
     pub qs: [i8; 32],
 }
 
-/// The value of largest magnitude (first one on ties), sign kept.
-fn signed_absmax(x: &[f32]) -> f32 {
-    let mut amax = 0f32;
-    let mut max = 0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+/// Define `fn $name(args)` whose body is compiled twice: once for the build
+/// target (portable) and once with AVX2, FMA and F16C enabled, picked at run
+/// time. The kernels are plain fixed-size loops that LLVM auto-vectorizes,
+/// so the wider build is the same arithmetic on wider vectors: results are
+/// bit-identical between the two paths (Rust never contracts `a * b + c`
+/// into an FMA on its own).
+macro_rules! dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn wide($($arg: $ty),*) $body
+                if $crate::quants::legacy::has_avx2() {
+                    // SAFETY: the CPU supports the features `wide` was built for.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $body
         }
+    };
+}
+pub(crate) use dispatch;
+
+/// AVX2 + FMA + F16C, detected once (std caches the CPUID result).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(test)]
+    if FORCE_PORTABLE.with(|c| c.get()) {
+        return false;
     }
-    max
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
 }
 
-fn min_max(x: &[f32]) -> (f32, f32) {
-    x.iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
+type Weights = [f32; 32];
+
+#[inline(always)]
+fn as_block(x: &[f32]) -> &Weights {
+    x.try_into().expect("32-weight chunk")
 }
 
+#[inline(always)]
+fn as_block_mut(y: &mut [f32]) -> &mut Weights {
+    y.try_into().expect("32-weight chunk")
+}
+
+#[inline(always)]
 fn inverse(d: f32) -> f32 {
     if d == 0.0 {
         0.0
@@ -81,77 +112,317 @@ fn inverse(d: f32) -> f32 {
     }
 }
 
-/// Pack 32 codes of up to 4 bits: low nibbles from the first half.
-fn pack_nibbles(q: &[u8; 32]) -> [u8; 16] {
-    std::array::from_fn(|j| (q[j] & 0x0f) | (q[j + 16] << 4))
+/// Largest magnitude, from eight lanes of partial maxima (exact in any
+/// order; a plain sequential max-reduction does not vectorize).
+#[inline(always)]
+fn absmax(x: &Weights) -> f32 {
+    let mut lanes = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for k in 0..8 {
+            let a = c[k].abs();
+            lanes[k] = if a > lanes[k] { a } else { lanes[k] };
+        }
+    }
+    lanes.iter().fold(0f32, |m, &a| if a > m { a } else { m })
 }
 
-fn pack_high_bits(q: &[u8; 32]) -> [u8; 4] {
-    let bits = q
+/// The value of largest magnitude, sign kept; the first one on ties, and
+/// +0.0 for a block of zeros (ggml's `if (amax < fabsf(v))` scan).
+#[inline(always)]
+fn signed_absmax(x: &Weights) -> f32 {
+    let amax = absmax(x);
+    // Bit j set where |x_j| reaches the maximum: the lowest set bit is the
+    // first such weight (a compare + movemask, no early-exit loop).
+    let mut hits = 0u32;
+    for (j, &v) in x.iter().enumerate() {
+        hits |= ((v.abs() == amax) as u32) << j;
+    }
+    let first = x[(hits.trailing_zeros() & 31) as usize];
+    if amax == 0.0 {
+        0.0
+    } else {
+        first
+    }
+}
+
+/// Minimum and maximum, the first one met on ties between +0.0 and -0.0
+/// (ggml's `if (v < min) min = v` scan keeps the first; lane-wise partial
+/// results may hold the other zero, so a zero result is looked up again).
+#[inline(always)]
+fn min_max(x: &Weights) -> (f32, f32) {
+    let mut lo = [f32::INFINITY; 8];
+    let mut hi = [f32::NEG_INFINITY; 8];
+    for c in x.chunks_exact(8) {
+        for k in 0..8 {
+            lo[k] = if c[k] < lo[k] { c[k] } else { lo[k] };
+            hi[k] = if c[k] > hi[k] { c[k] } else { hi[k] };
+        }
+    }
+    let mut min = lo
         .iter()
-        .enumerate()
-        .fold(0u32, |acc, (j, &v)| acc | (((v as u32 >> 4) & 1) << j));
+        .fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+    let mut max = hi
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    if min == 0.0 || max == 0.0 {
+        let first_zero = x.iter().copied().find(|v| *v == 0.0).unwrap_or(0.0);
+        if min == 0.0 {
+            min = first_zero;
+        }
+        if max == 0.0 {
+            max = first_zero;
+        }
+    }
+    (min, max)
+}
+
+/// `trunc(v)` clamped to `0..=max_code`: what `(trunc(v) as u8).min(max_code)`
+/// gives for every v (NaN gives 0), in a form that vectorizes: `f32::trunc`
+/// is a libm call without SSE4.1, and a saturating `as` cast is scalarized.
+/// Clamping first commutes with truncation (both are monotonic).
+#[inline(always)]
+fn code(v: f32, max_code: i32) -> u8 {
+    let v = if v > 0.0 { v } else { 0.0 };
+    let top = max_code as f32;
+    let v = if v < top { v } else { top };
+    // SAFETY: v is in [0, max_code], finite and representable as i32.
+    unsafe { v.to_int_unchecked::<i32>() as u8 }
+}
+
+/// Symmetric codes `trunc(x / d + half_range + 0.5)`, `d = max / -half_range`.
+#[inline(always)]
+fn symmetric_codes(x: &Weights, half_range: f32, max_code: i32) -> (f32, [u8; 32]) {
+    let d = signed_absmax(x) / -half_range;
+    let id = inverse(d);
+    let offset = half_range + 0.5;
+    let mut q = [0u8; 32];
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = code(v * id + offset, max_code);
+    }
+    (d, q)
+}
+
+/// Affine codes `trunc((x - min) / d + 0.5)`, `d = (max - min) / max_code`.
+#[inline(always)]
+fn affine_codes(x: &Weights, max_code: i32) -> (f32, f32, [u8; 32]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / max_code as f32;
+    let id = inverse(d);
+    let mut q = [0u8; 32];
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = code((v - min) * id + 0.5, max_code);
+    }
+    (d, min, q)
+}
+
+/// Pack 32 codes of up to 4 bits: low nibbles from the first half.
+#[inline(always)]
+fn pack_nibbles(q: &[u8; 32]) -> [u8; 16] {
+    let mut qs = [0u8; 16];
+    for j in 0..16 {
+        qs[j] = (q[j] & 0x0f) | (q[j + 16] << 4);
+    }
+    qs
+}
+
+/// Bit j: the fifth bit of code j (codes are at most 31, so the bit is set
+/// exactly when the code is >= 16: a compare + movemask).
+#[inline(always)]
+fn pack_high_bits(q: &[u8; 32]) -> [u8; 4] {
+    let mut bits = 0u32;
+    for (j, &v) in q.iter().enumerate() {
+        bits |= ((v >= 16) as u32) << j;
+    }
     bits.to_le_bytes()
 }
 
 /// Codes of a 32-weight block: low nibbles, plus the fifth bit from `qh`.
-fn unpack(qs: &[u8; 16], qh: Option<&[u8; 4]>) -> [u8; 32] {
-    let high = qh.map_or(0, |h| u32::from_le_bytes(*h));
-    std::array::from_fn(|j| {
-        let nib = if j < 16 {
-            qs[j] & 0x0f
-        } else {
-            qs[j - 16] >> 4
-        };
-        nib | ((((high >> j) & 1) as u8) << 4)
-    })
+#[inline(always)]
+fn unpack(qs: &[u8; 16], qh: u32) -> [u8; 32] {
+    let mut q = [0u8; 32];
+    for j in 0..16 {
+        q[j] = (qs[j] & 0x0f) | ((((qh >> j) & 1) as u8) << 4);
+        q[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+    }
+    q
 }
 
-/// Symmetric codes `trunc(x / d + offset)` clamped to `max_code`, d = max / -offset_int.
-fn symmetric_codes(x: &[f32], half_range: f32, max_code: u8) -> (f32, [u8; 32]) {
-    let d = signed_absmax(x) / -half_range;
-    let id = inverse(d);
-    let q = std::array::from_fn(|j| ((x[j] * id + (half_range + 0.5)).trunc() as u8).min(max_code));
-    (d, q)
+/// `y = d * (code - offset)` (symmetric types).
+#[inline(always)]
+fn scale_codes(q: &[u8; 32], d: f32, offset: i32, y: &mut Weights) {
+    for (y, &c) in y.iter_mut().zip(q) {
+        *y = d * (c as i32 - offset) as f32;
+    }
 }
 
-/// Affine codes `trunc((x - min) / d + 0.5)`, d = (max - min) / max_code.
-fn affine_codes(x: &[f32], max_code: u8) -> (f32, f32, [u8; 32]) {
-    let (min, max) = min_max(x);
-    let d = (max - min) / max_code as f32;
-    let id = inverse(d);
-    let q = std::array::from_fn(|j| (((x[j] - min) * id + 0.5).trunc() as u8).min(max_code));
-    (d, min, q)
+/// `y = d * code + m` (affine types; one rounding after each operation).
+#[inline(always)]
+fn affine_scale_codes(q: &[u8; 32], d: f32, m: f32, y: &mut Weights) {
+    for (y, &c) in y.iter_mut().zip(q) {
+        *y = d * c as f32 + m;
+    }
 }
 
-fn dot_codes(q: &[u8; 32], offset: f32, x: &[f32]) -> f32 {
-    q.iter().zip(x).map(|(&c, a)| (c as f32 - offset) * a).sum()
+/// `Σ code·x` with eight partial sums (a vector register's worth).
+#[inline(always)]
+fn dot_codes(q: &[u8; 32], x: &Weights) -> f32 {
+    let mut acc = [0f32; 8];
+    for (q, x) in q.chunks_exact(8).zip(x.chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += q[k] as f32 * x[k];
+        }
+    }
+    acc.iter().sum()
+}
+
+#[inline(always)]
+fn sum32(x: &Weights) -> f32 {
+    let mut acc = [0f32; 8];
+    for x in x.chunks_exact(8) {
+        for k in 0..8 {
+            acc[k] += x[k];
+        }
+    }
+    acc.iter().sum()
+}
+
+/// `v.round() as i8` (C's `roundf`, half away from zero, then a saturating
+/// cast; NaN gives 0) without a libm call: after clamping, the fraction
+/// `v - trunc(v)` is exact, so comparing it with ±0.5 is exact.
+#[inline(always)]
+fn round_half_away(v: f32) -> i8 {
+    #[allow(clippy::eq_op)] // v == v: false for NaN only
+    let v = if v == v { v } else { 0.0 };
+    let v = if v > -128.0 { v } else { -128.0 };
+    let v = if v < 127.0 { v } else { 127.0 };
+    // SAFETY: v is finite and in [-128, 127].
+    let t = unsafe { v.to_int_unchecked::<i32>() };
+    let frac = v - t as f32;
+    (t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32) as i8
+}
+
+dispatch! {
+    fn quantize_q4_0(src: &[f32], dst: &mut [BlockQ4_0]) {
+        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK4_0)) {
+            let (d, q) = symmetric_codes(as_block(x), 8.0, 15);
+            block.d = f16::from_f32(d);
+            block.qs = pack_nibbles(&q);
+        }
+    }
+}
+
+dispatch! {
+    fn quantize_q4_1(src: &[f32], dst: &mut [BlockQ4_1]) {
+        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK4_0)) {
+            let (d, m, q) = affine_codes(as_block(x), 15);
+            block.d = f16::from_f32(d);
+            block.m = f16::from_f32(m);
+            block.qs = pack_nibbles(&q);
+        }
+    }
+}
+
+dispatch! {
+    fn quantize_q5_0(src: &[f32], dst: &mut [BlockQ5_0]) {
+        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK4_0)) {
+            let (d, q) = symmetric_codes(as_block(x), 16.0, 31);
+            block.d = f16::from_f32(d);
+            block.qh = pack_high_bits(&q);
+            block.qs = pack_nibbles(&q);
+        }
+    }
+}
+
+dispatch! {
+    fn quantize_q5_1(src: &[f32], dst: &mut [BlockQ5_1]) {
+        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK4_0)) {
+            let (d, m, q) = affine_codes(as_block(x), 31);
+            block.d = f16::from_f32(d);
+            block.m = f16::from_f32(m);
+            block.qh = pack_high_bits(&q);
+            block.qs = pack_nibbles(&q);
+        }
+    }
+}
+
+dispatch! {
+    fn quantize_q8_0(src: &[f32], dst: &mut [BlockQ8_0]) {
+        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK8_0)) {
+            let x = as_block(x);
+            let d = absmax(x) / 127.0;
+            let id = inverse(d);
+            block.d = f16::from_f32(d);
+            for (q, &v) in block.qs.iter_mut().zip(x) {
+                *q = round_half_away(v * id);
+            }
+        }
+    }
+}
+
+dispatch! {
+    fn dequantize_q4_0(src: &[BlockQ4_0], dst: &mut [f32]) {
+        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK4_0)) {
+            scale_codes(&unpack(&block.qs, 0), block.d.to_f32(), 8, as_block_mut(y));
+        }
+    }
+}
+
+dispatch! {
+    fn dequantize_q4_1(src: &[BlockQ4_1], dst: &mut [f32]) {
+        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK4_0)) {
+            let q = unpack(&block.qs, 0);
+            affine_scale_codes(&q, block.d.to_f32(), block.m.to_f32(), as_block_mut(y));
+        }
+    }
+}
+
+dispatch! {
+    fn dequantize_q5_0(src: &[BlockQ5_0], dst: &mut [f32]) {
+        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK4_0)) {
+            let q = unpack(&block.qs, u32::from_le_bytes(block.qh));
+            scale_codes(&q, block.d.to_f32(), 16, as_block_mut(y));
+        }
+    }
+}
+
+dispatch! {
+    fn dequantize_q5_1(src: &[BlockQ5_1], dst: &mut [f32]) {
+        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK4_0)) {
+            let q = unpack(&block.qs, u32::from_le_bytes(block.qh));
+            affine_scale_codes(&q, block.d.to_f32(), block.m.to_f32(), as_block_mut(y));
+        }
+    }
+}
+
+dispatch! {
+    fn dequantize_q8_0(src: &[BlockQ8_0], dst: &mut [f32]) {
+        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK8_0)) {
+            let d = block.d.to_f32();
+            for (y, &q) in y.iter_mut().zip(&block.qs) {
+                *y = q as f32 * d;
+            }
+        }
+    }
 }
 
 impl Block for BlockQ4_0 {
     const QTYPE: QType = QType::Q4_0;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK4_0)) {
-            let (d, q) = symmetric_codes(x, 8.0, 15);
-            block.d = f16::from_f32(d);
-            block.qs = pack_nibbles(&q);
-        }
+        quantize_q4_0(src, dst);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK4_0)) {
-            let d = block.d.to_f32();
-            for (v, c) in y.iter_mut().zip(unpack(&block.qs, None)) {
-                *v = d * (c as i8 - 8) as f32;
-            }
-        }
+        dequantize_q4_0(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
         src.iter()
             .zip(x.chunks_exact(QK4_0))
-            .map(|(b, xs)| b.d.to_f32() * dot_codes(&unpack(&b.qs, None), 8.0, xs))
+            .map(|(b, xs)| {
+                let xs = as_block(xs);
+                b.d.to_f32() * (dot_codes(&unpack(&b.qs, 0), xs) - 8.0 * sum32(xs))
+            })
             .sum()
     }
 }
@@ -160,29 +431,20 @@ impl Block for BlockQ4_1 {
     const QTYPE: QType = QType::Q4_1;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK4_0)) {
-            let (d, m, q) = affine_codes(x, 15);
-            block.d = f16::from_f32(d);
-            block.m = f16::from_f32(m);
-            block.qs = pack_nibbles(&q);
-        }
+        quantize_q4_1(src, dst);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK4_0)) {
-            let (d, m) = (block.d.to_f32(), block.m.to_f32());
-            for (v, c) in y.iter_mut().zip(unpack(&block.qs, None)) {
-                *v = d * c as f32 + m;
-            }
-        }
+        dequantize_q4_1(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
         src.iter()
             .zip(x.chunks_exact(QK4_0))
             .map(|(b, xs)| {
-                let q = unpack(&b.qs, None);
-                b.d.to_f32() * dot_codes(&q, 0.0, xs) + b.m.to_f32() * xs.iter().sum::<f32>()
+                let xs = as_block(xs);
+                let q = unpack(&b.qs, 0);
+                b.d.to_f32() * dot_codes(&q, xs) + b.m.to_f32() * sum32(xs)
             })
             .sum()
     }
@@ -192,27 +454,21 @@ impl Block for BlockQ5_0 {
     const QTYPE: QType = QType::Q5_0;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK4_0)) {
-            let (d, q) = symmetric_codes(x, 16.0, 31);
-            block.d = f16::from_f32(d);
-            block.qh = pack_high_bits(&q);
-            block.qs = pack_nibbles(&q);
-        }
+        quantize_q5_0(src, dst);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK4_0)) {
-            let d = block.d.to_f32();
-            for (v, c) in y.iter_mut().zip(unpack(&block.qs, Some(&block.qh))) {
-                *v = d * (c as i8 - 16) as f32;
-            }
-        }
+        dequantize_q5_0(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
         src.iter()
             .zip(x.chunks_exact(QK4_0))
-            .map(|(b, xs)| b.d.to_f32() * dot_codes(&unpack(&b.qs, Some(&b.qh)), 16.0, xs))
+            .map(|(b, xs)| {
+                let xs = as_block(xs);
+                let q = unpack(&b.qs, u32::from_le_bytes(b.qh));
+                b.d.to_f32() * (dot_codes(&q, xs) - 16.0 * sum32(xs))
+            })
             .sum()
     }
 }
@@ -221,30 +477,20 @@ impl Block for BlockQ5_1 {
     const QTYPE: QType = QType::Q5_1;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK4_0)) {
-            let (d, m, q) = affine_codes(x, 31);
-            block.d = f16::from_f32(d);
-            block.m = f16::from_f32(m);
-            block.qh = pack_high_bits(&q);
-            block.qs = pack_nibbles(&q);
-        }
+        quantize_q5_1(src, dst);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK4_0)) {
-            let (d, m) = (block.d.to_f32(), block.m.to_f32());
-            for (v, c) in y.iter_mut().zip(unpack(&block.qs, Some(&block.qh))) {
-                *v = d * c as f32 + m;
-            }
-        }
+        dequantize_q5_1(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
         src.iter()
             .zip(x.chunks_exact(QK4_0))
             .map(|(b, xs)| {
-                let q = unpack(&b.qs, Some(&b.qh));
-                b.d.to_f32() * dot_codes(&q, 0.0, xs) + b.m.to_f32() * xs.iter().sum::<f32>()
+                let xs = as_block(xs);
+                let q = unpack(&b.qs, u32::from_le_bytes(b.qh));
+                b.d.to_f32() * dot_codes(&q, xs) + b.m.to_f32() * sum32(xs)
             })
             .sum()
     }
@@ -254,40 +500,351 @@ impl Block for BlockQ8_0 {
     const QTYPE: QType = QType::Q8_0;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK8_0)) {
-            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = inverse(d);
-            block.d = f16::from_f32(d);
-            for (q, v) in block.qs.iter_mut().zip(x) {
-                // f32::round rounds half away from zero, as C's roundf.
-                *q = (v * id).round() as i8;
-            }
-        }
+        quantize_q8_0(src, dst);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK8_0)) {
-            let d = block.d.to_f32();
-            for (v, &q) in y.iter_mut().zip(&block.qs) {
-                *v = q as f32 * d;
-            }
-        }
+        dequantize_q8_0(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
         src.iter()
             .zip(x.chunks_exact(QK8_0))
             .map(|(b, xs)| {
-                b.d.to_f32() * b.qs.iter().zip(xs).map(|(&q, a)| q as f32 * a).sum::<f32>()
+                let mut acc = [0f32; 8];
+                for (q, x) in b.qs.chunks_exact(8).zip(xs.chunks_exact(8)) {
+                    for k in 0..8 {
+                        acc[k] += q[k] as f32 * x[k];
+                    }
+                }
+                b.d.to_f32() * acc.iter().sum::<f32>()
             })
             .sum()
     }
 }
 
 #[cfg(test)]
+thread_local! {
+    /// Tests set this to run the portable path on a machine with AVX2.
+    pub(crate) static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plain scalar kernels (ggml's `quantize_row_*_ref` written out
+    /// directly): the fast kernels above must agree with them bit for bit.
+    mod reference {
+        use super::super::*;
+
+        fn signed_absmax(x: &[f32]) -> f32 {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &v in x {
+                if amax < v.abs() {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            max
+        }
+
+        fn min_max(x: &[f32]) -> (f32, f32) {
+            let (mut lo, mut hi) = (f32::MAX, -f32::MAX);
+            for &v in x {
+                if v < lo {
+                    lo = v;
+                }
+                if v > hi {
+                    hi = v;
+                }
+            }
+            (lo, hi)
+        }
+
+        fn pack(q: &[u8], with_high: bool) -> ([u8; 16], [u8; 4]) {
+            let mut qs = [0u8; 16];
+            let mut qh = 0u32;
+            for j in 0..16 {
+                qs[j] = (q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4);
+            }
+            if with_high {
+                for (j, &v) in q.iter().enumerate() {
+                    qh |= ((v as u32 >> 4) & 1) << j;
+                }
+            }
+            (qs, qh.to_le_bytes())
+        }
+
+        fn symmetric(x: &[f32], half: f32, max_code: u8) -> (f16, [u8; 16], [u8; 4]) {
+            let d = signed_absmax(x) / -half;
+            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            let q: Vec<u8> = x
+                .iter()
+                .map(|v| ((v * id + half + 0.5).trunc() as u8).min(max_code))
+                .collect();
+            let (qs, qh) = pack(&q, max_code > 15);
+            (f16::from_f32(d), qs, qh)
+        }
+
+        fn affine(x: &[f32], max_code: u8) -> (f16, f16, [u8; 16], [u8; 4]) {
+            let (min, max) = min_max(x);
+            let d = (max - min) / max_code as f32;
+            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            let q: Vec<u8> = x
+                .iter()
+                .map(|v| (((v - min) * id + 0.5).trunc() as u8).min(max_code))
+                .collect();
+            let (qs, qh) = pack(&q, max_code > 15);
+            (f16::from_f32(d), f16::from_f32(min), qs, qh)
+        }
+
+        /// Quantize one block of `qtype` to its bytes.
+        pub fn quantize(qtype: QType, x: &[f32]) -> Vec<u8> {
+            let mut out = Vec::new();
+            match qtype {
+                QType::Q4_0 => {
+                    let (d, qs, _) = symmetric(x, 8.0, 15);
+                    out.extend(d.to_le_bytes());
+                    out.extend(qs);
+                }
+                QType::Q5_0 => {
+                    let (d, qs, qh) = symmetric(x, 16.0, 31);
+                    out.extend(d.to_le_bytes());
+                    out.extend(qh);
+                    out.extend(qs);
+                }
+                QType::Q4_1 | QType::Q5_1 => {
+                    let five = qtype == QType::Q5_1;
+                    let (d, m, qs, qh) = affine(x, if five { 31 } else { 15 });
+                    out.extend(d.to_le_bytes());
+                    out.extend(m.to_le_bytes());
+                    if five {
+                        out.extend(qh);
+                    }
+                    out.extend(qs);
+                }
+                QType::Q8_0 => {
+                    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                    out.extend(f16::from_f32(d).to_le_bytes());
+                    out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
+                }
+                _ => unreachable!(),
+            }
+            out
+        }
+
+        /// Dequantize one block's bytes (ggml's `dequantize_row_*`).
+        pub fn dequantize(qtype: QType, b: &[u8]) -> Vec<f32> {
+            let h = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+            let code = |qs: &[u8], qh: u32, j: usize| -> i32 {
+                let nib = if j < 16 {
+                    qs[j] & 0x0f
+                } else {
+                    qs[j - 16] >> 4
+                };
+                (nib as u32 | (((qh >> j) & 1) << 4)) as i32
+            };
+            let qh_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+            (0..32)
+                .map(|j| match qtype {
+                    QType::Q4_0 => (code(&b[2..], 0, j) - 8) as f32 * h(0),
+                    QType::Q4_1 => code(&b[4..], 0, j) as f32 * h(0) + h(2),
+                    QType::Q5_0 => (code(&b[6..], qh_at(2), j) - 16) as f32 * h(0),
+                    QType::Q5_1 => code(&b[8..], qh_at(4), j) as f32 * h(0) + h(2),
+                    QType::Q8_0 => b[2 + j] as i8 as f32 * h(0),
+                    _ => unreachable!(),
+                })
+                .collect()
+        }
+    }
+
+    const LEGACY: [QType; 5] = [
+        QType::Q4_0,
+        QType::Q4_1,
+        QType::Q5_0,
+        QType::Q5_1,
+        QType::Q8_0,
+    ];
+
+    /// Blocks that probe the edges: ties for the largest magnitude, signed
+    /// zeros, constant blocks, subnormals, huge and tiny scales, halfway codes.
+    fn test_blocks() -> Vec<f32> {
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let mut x = Vec::new();
+        for scale in [1.0f32, 0.02, 1e-3, 3e4, 1e-30, 1e-41] {
+            for _ in 0..64 {
+                x.extend((0..32).map(|_| next() * scale));
+            }
+        }
+        let edge: [[f32; 4]; 8] = [
+            [0.0, 0.0, 0.0, 0.0],
+            [-0.0, 0.0, -0.0, 0.0],
+            [-2.0, 2.0, 1.0, -1.0],
+            [2.0, -2.0, 1.0, -1.0],
+            [0.5, 0.5, 0.5, 0.5],
+            [-0.75, -0.75, -0.75, -0.75],
+            [1.0, 0.0625, -0.0625, 0.53125],
+            [127.0, 63.5, -63.5, 0.5],
+        ];
+        for e in edge {
+            x.extend(e.iter().cycle().take(32));
+        }
+        // Integer grids: every code sits exactly on a rounding boundary.
+        for k in [8, 15, 16, 31, 127] {
+            x.extend((0..32).map(|j| (j as f32 - 16.0) / k as f32 + 0.5 / k as f32));
+        }
+        x
+    }
+
+    fn quantize_bytes(qtype: QType, x: &[f32]) -> Vec<u8> {
+        let mut out = vec![0u8; qtype.row_bytes(x.len()).unwrap()];
+        super::super::quantize(qtype, x, x.len(), None, &mut out).unwrap();
+        out
+    }
+
+    fn with_path<T>(portable: bool, f: impl FnOnce() -> T) -> T {
+        FORCE_PORTABLE.with(|c| c.set(portable));
+        let out = f();
+        FORCE_PORTABLE.with(|c| c.set(false));
+        out
+    }
+
+    fn kernel_quantize(qtype: QType, x: &[f32]) -> Vec<u8> {
+        macro_rules! run {
+            ($B:ty) => {{
+                let mut blocks = vec![<$B>::zeroed(); x.len() / 32];
+                <$B>::quantize_row(x, &mut blocks, None);
+                bytemuck::cast_slice(&blocks).to_vec()
+            }};
+        }
+        match qtype {
+            QType::Q4_0 => run!(BlockQ4_0),
+            QType::Q4_1 => run!(BlockQ4_1),
+            QType::Q5_0 => run!(BlockQ5_0),
+            QType::Q5_1 => run!(BlockQ5_1),
+            _ => run!(BlockQ8_0),
+        }
+    }
+
+    fn kernel_dequantize(qtype: QType, bytes: &[u8]) -> Vec<f32> {
+        let n = bytes.len() / qtype.type_size() * 32;
+        let mut y = vec![0f32; n];
+        macro_rules! run {
+            ($B:ty) => {{
+                let blocks: Vec<$B> = bytemuck::pod_collect_to_vec(bytes);
+                <$B>::dequantize_row(&blocks, &mut y);
+            }};
+        }
+        match qtype {
+            QType::Q4_0 => run!(BlockQ4_0),
+            QType::Q4_1 => run!(BlockQ4_1),
+            QType::Q5_0 => run!(BlockQ5_0),
+            QType::Q5_1 => run!(BlockQ5_1),
+            _ => run!(BlockQ8_0),
+        }
+        y
+    }
+
+    #[test]
+    fn fast_kernels_match_the_reference_on_both_paths() {
+        let x = test_blocks();
+        for qtype in LEGACY {
+            let want: Vec<u8> = x
+                .chunks_exact(32)
+                .flat_map(|b| reference::quantize(qtype, b))
+                .collect();
+            for portable in [false, true] {
+                let got = with_path(portable, || kernel_quantize(qtype, &x));
+                for (i, (g, w)) in got
+                    .chunks_exact(qtype.type_size())
+                    .zip(want.chunks_exact(qtype.type_size()))
+                    .enumerate()
+                {
+                    assert_eq!(g, w, "{} block {i} portable={portable}", qtype.name());
+                }
+                let want_y: Vec<u32> = want
+                    .chunks_exact(qtype.type_size())
+                    .flat_map(|b| reference::dequantize(qtype, b))
+                    .map(f32::to_bits)
+                    .collect();
+                let got_y: Vec<u32> = with_path(portable, || kernel_dequantize(qtype, &want))
+                    .into_iter()
+                    .map(f32::to_bits)
+                    .collect();
+                assert_eq!(
+                    got_y,
+                    want_y,
+                    "{} dequantize portable={portable}",
+                    qtype.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dequantize_of_random_bytes_matches_the_reference() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let bytes: Vec<u8> = (0..34 * 256)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 56) as u8
+            })
+            .collect();
+        for qtype in LEGACY {
+            let n = bytes.len() / qtype.type_size() * qtype.type_size();
+            let want: Vec<u32> = bytes[..n]
+                .chunks_exact(qtype.type_size())
+                .flat_map(|b| reference::dequantize(qtype, b))
+                .map(f32::to_bits)
+                .collect();
+            for portable in [false, true] {
+                let got: Vec<u32> = with_path(portable, || kernel_dequantize(qtype, &bytes[..n]))
+                    .into_iter()
+                    .map(f32::to_bits)
+                    .collect();
+                // NaN scales: compare NaN-ness only.
+                for (g, w) in got.iter().zip(&want) {
+                    let (gf, wf) = (f32::from_bits(*g), f32::from_bits(*w));
+                    assert!(g == w || (gf.is_nan() && wf.is_nan()), "{}", qtype.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_dot_matches_the_dequantized_dot() {
+        let x: Vec<f32> = test_blocks().into_iter().take(32 * 64).collect();
+        let a: Vec<f32> = (0..x.len())
+            .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 50.0)
+            .collect();
+        for qtype in LEGACY {
+            let q = quantize_bytes(qtype, &x);
+            let y = kernel_dequantize(qtype, &q);
+            let want: f64 = y.iter().zip(&a).map(|(p, q)| *p as f64 * *q as f64).sum();
+            let got = super::super::vec_dot(qtype, &q, &a).unwrap() as f64;
+            let scale: f64 = y
+                .iter()
+                .zip(&a)
+                .map(|(p, q)| (*p as f64 * *q as f64).abs())
+                .sum();
+            assert!(
+                (got - want).abs() <= 1e-5 * scale,
+                "{}: {got} vs {want}",
+                qtype.name()
+            );
+        }
+    }
 
     fn round_trip<B: Block>(x: &[f32]) -> Vec<f32> {
         let mut blocks = vec![B::zeroed(); x.len() / B::BLOCK_SIZE];
@@ -316,5 +873,9 @@ mod tests {
         let x = [0f32; 32];
         assert!(round_trip::<BlockQ4_1>(&x).iter().all(|v| *v == 0.0));
         assert!(round_trip::<BlockQ5_0>(&x).iter().all(|v| *v == 0.0));
+        // ggml's scan keeps max = +0.0, so d = 0 / -8 = -0.0.
+        let mut b = [BlockQ4_0::zeroed()];
+        BlockQ4_0::quantize_row(&[-0.0; 32], &mut b, None);
+        assert_eq!(b[0].d.to_bits(), 0x8000);
     }
 }
