@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
@@ -110,12 +111,23 @@ def test_types_match_llama_cpp_tiny(tiny_f16: Path, tmp_path: Path, ftype: str) 
 
 
 @pytest.mark.peer
-def test_requantize_writes_the_planned_types(tiny_f16: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q6_K", "Q8_0"])
+def test_requantize_equals_llama_cpp_bytes(tiny_f16: Path, tmp_path: Path, ftype: str) -> None:
+    """Same types, and (our kernels being llama.cpp's reference ones) the same bytes."""
+    from ferroquant.gguf_io import tensor_bytes
+    from ferroquant.hf_export import gguf_metadata
+
     out = tmp_path / "ours.gguf"
-    s = requantize(tiny_f16, out, "Q4_K_M", progress=False)
+    s = requantize(tiny_f16, out, ftype, progress=False)
     got = {i.name: i.qtype for i in tensor_infos(open_gguf(out))}
-    assert got == our_types(tiny_f16, "Q4_K_M")
+    assert got == our_types(tiny_f16, ftype)
     assert s.n_tensors == len(got)
+    theirs = tmp_path / "lq.gguf"
+    llama_cpp_types(tiny_f16, theirs, ftype)
+    a, b = open_gguf(out), open_gguf(theirs)
+    differ = [n for n in got if not np.array_equal(tensor_bytes(a, n), tensor_bytes(b, n))]
+    assert differ == []
+    assert gguf_metadata(a) == gguf_metadata(b)
     llama_cpp = pytest.importorskip("llama_cpp")
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=32, verbose=False)
     llm.eval([1, 5, 9, 11])

@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from . import presets, quants
 from .arch import Arch, ArchError, arch_for_config
-from .safetensors_io import SafetensorsDir, SafetensorsError, f32_to_bf16_bits
+from .safetensors_io import SafetensorsDir, SafetensorsError, f32_to_bf16_bits, release_pages
 from .tokenizer_io import add_hf_vocab
 
 log = logging.getLogger(__name__)
@@ -423,21 +422,6 @@ def convert(
 # ---- GGUF -> GGUF ------------------------------------------------------------------------
 
 
-def _copy_kv(reader: Any, w: gguf.GGUFWriter, skip: Iterable[str]) -> None:
-    from gguf import GGUFValueType
-
-    skip = set(skip)
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF.") or key in skip or key == "general.architecture":
-            continue
-        vtype = f.types[0]
-        if vtype == GGUFValueType.ARRAY:
-            sub = f.types[1] if len(f.types) > 1 else None
-            w.add_key_value(key, f.contents(), vtype, sub_type=sub)
-        else:
-            w.add_key_value(key, f.contents(), vtype)
-
-
 def requantize(
     in_path: PathLike,
     out_path: PathLike,
@@ -446,16 +430,15 @@ def requantize(
     progress: bool = True,
 ) -> Summary:
     """Re-quantize a GGUF model like ``llama-quantize IN OUT TYPE``."""
-    from .gguf_io import field_value, open_gguf, read_tensor_f32, tensor_bytes, tensor_infos
+    from .gguf_header import read_header
 
     in_path, out_path = Path(in_path), Path(out_path)
-    if in_path.resolve() == out_path.resolve():
+    if out_path.exists() and in_path.resolve() == out_path.resolve():
         raise ConvertError(f"{out_path}: the output must differ from the input")
     ft = presets.file_type(type_name)
-    reader = open_gguf(in_path)
-    arch_name = str(field_value(reader, "general.architecture", ""))
-    infos = tensor_infos(reader)
-    quantized = [i for i in infos if T[i.qtype] not in _FLOATS]
+    head = read_header(in_path)
+    arch_name = str(head.value("general.architecture", ""))
+    quantized = [t for t in head.tensors if t.qtype not in _FLOATS]
     if quantized:
         log.warning(
             "%s: %d tensor(s) are already quantized (e.g. %s is %s); requantizing loses more "
@@ -463,11 +446,11 @@ def requantize(
             in_path,
             len(quantized),
             quantized[0].name,
-            quantized[0].qtype,
+            quantized[0].qtype.name,
         )
 
     def hp(key: str, default: int = 0) -> int:
-        v = field_value(reader, f"{arch_name}.{key}", default)
+        v = head.value(f"{arch_name}.{key}", default)
         return int(v[0] if isinstance(v, list) else v)
 
     n_head = hp("attention.head_count", 1)
@@ -480,29 +463,59 @@ def requantize(
     )
     imat = load_imatrix(imatrix) if imatrix else None
     plan = presets.plan(
-        [(i.name, i.shape, T[i.qtype]) for i in infos], ft.name, model, has_imatrix=imat is not None
+        [(t.name, t.shape, t.qtype) for t in head.tensors],
+        ft.name,
+        model,
+        has_imatrix=imat is not None,
     )
-    jobs = []
+    by_name = {t.name: t for t in head.tensors}
     for p in plan:
-        if p.dst_type == p.src_type:
-            jobs.append(
-                TensorJob(
-                    p.name,
-                    p.shape,
-                    p.dst_type,
-                    (lambda n=p.name: tensor_bytes(reader, n)),
-                    raw=True,
-                )
-            )
-        else:
-            jobs.append(
-                TensorJob(
-                    p.name, p.shape, p.dst_type, (lambda n=p.name: read_tensor_f32(reader, n))
-                )
-            )
+        if p.dst_type != p.src_type and p.src_type not in _FLOATS:
+            try:
+                quants.type_info(p.src_type.name)
+            except ValueError as err:
+                raise ConvertError(
+                    f"{in_path}: tensor {p.name!r}: cannot dequantize ({err})"
+                ) from err
+
+    def loader(name: str, raw: bool) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            t = by_name[name]
+            data = np.array(head.tensor_bytes(t))
+            if not raw:
+                cols = t.shape[-1]
+                rows = int(np.prod(t.shape, dtype=np.int64)) // cols
+                data = quants.dequantize(data, t.qtype.name, (rows, cols)).reshape(t.shape)
+            # the input pages of this tensor are done with: keep RSS near one tensor
+            release_pages(head.data, t.offset, t.offset + t.n_bytes)
+            return data
+
+        return load
+
+    jobs = [
+        TensorJob(
+            p.name,
+            p.shape,
+            p.dst_type,
+            loader(p.name, p.dst_type == p.src_type),
+            raw=p.dst_type == p.src_type,
+        )
+        for p in plan
+    ]
+    skip = {
+        "general.architecture",
+        "general.file_type",
+        "general.quantization_version",
+        "general.alignment",
+        "split.no",
+        "split.count",
+        "split.tensors.count",
+    }
 
     def add_metadata(w: gguf.GGUFWriter) -> None:
-        _copy_kv(reader, w, skip=("general.file_type", "general.quantization_version"))
+        for key, (vtype, sub, value) in head.kv.items():
+            if key not in skip:
+                w.add_key_value(key, value, vtype, sub_type=sub)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         w.add_file_type(ft.ftype)
 
