@@ -123,9 +123,12 @@ def _config(
             "head_dim": hd,
             "hidden_activation": "gelu_pytorch_tanh",
             "sliding_window": 128,
-            "sliding_window_pattern": 2,
-            "layer_types": ["sliding_attention", "full_attention"] * (n_layer // 2)
-            + ["sliding_attention"] * (n_layer % 2),
+            # Gemma 3's pattern: every 6th layer global (llama.cpp assumes it too)
+            "sliding_window_pattern": 6,
+            "layer_types": [
+                "full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                for i in range(n_layer)
+            ],
             "rope_local_base_freq": 10000.0,
             "query_pre_attn_scalar": hd,
             "final_logit_softcapping": None,

@@ -70,6 +70,18 @@ class Gemma3(Gemma2):
 
     def add_metadata(self, w: gguf.GGUFWriter) -> None:
         Arch.add_metadata(self, w)
+        # Gemma3Model overrides these with its own defaults: drop the generic values first
+        arch = self.gguf_arch_name()
+        for key in (
+            gguf.Keys.LLM.CONTEXT_LENGTH,
+            gguf.Keys.Attention.HEAD_COUNT,
+            gguf.Keys.Attention.LAYERNORM_RMS_EPS,
+            gguf.Keys.Attention.KEY_LENGTH,
+            gguf.Keys.Attention.VALUE_LENGTH,
+            gguf.Keys.Rope.FREQ_BASE,
+            gguf.Keys.Attention.HEAD_COUNT_KV,
+        ):
+            w.kv_data[0].pop(key.format(arch=arch), None)
         c = self.cfg
         w.add_context_length(int(c.get("max_position_embeddings", 131072)))
         w.add_head_count(int(c.get("num_attention_heads", 8)))
