@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert a GGUF model to a Hugging Face checkpoint",
     ),
     "quantize": ("ferroquant.commands.quantize", "quantize a model (requantize a GGUF file)"),
+    "imatrix": ("ferroquant.commands.imatrix", "compute an importance matrix (llama.cpp format)"),
 }
 
 
