@@ -88,69 +88,22 @@ class Summary:
 # ---- importance matrices ----------------------------------------------------------------
 
 
-def load_imatrix(path: PathLike) -> dict[str, np.ndarray]:
-    """Per-column importance of each tensor from a llama.cpp imatrix file.
+def load_imatrix(
+    path: PathLike, shapes: Optional[dict[str, tuple[int, ...]]] = None
+) -> dict[str, np.ndarray]:
+    """Per-column importance of each tensor from a llama.cpp imatrix file (GGUF or legacy
+    ``.dat``), read by :mod:`ferroquant.imatrix` and normalised as llama-quantize does (mean
+    squared activation). With ``shapes`` (name -> numpy shape of the model's tensors), an
+    imatrix whose names or widths do not match the model is refused."""
+    from .imatrix import ImatrixError, ImportanceMatrix
 
-    Reads the GGUF format (``<tensor>.in_sum2`` / ``<tensor>.counts``) and the legacy binary
-    ``.dat`` format, normalised as llama-quantize does (mean squared activation).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConvertError(f"{path}: no such imatrix file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    out: dict[str, np.ndarray] = {}
-    if magic == b"GGUF":
-        from .gguf_io import open_gguf, tensor_bytes
-
-        reader = open_gguf(path)
-        by_name = {t.name: t for t in reader.tensors}
-        for name in by_name:
-            if not name.endswith(".in_sum2"):
-                continue
-            base = name[: -len(".in_sum2")]
-            sums = tensor_bytes(reader, name).view(np.float32).astype(np.float32)
-            counts_t = by_name.get(base + ".counts")
-            counts = (
-                tensor_bytes(reader, base + ".counts").view(np.float32)
-                if counts_t is not None
-                else None
-            )
-            if counts is not None and counts.size:
-                n_mat = counts.size
-                sums = sums.reshape(n_mat, -1) / np.maximum(counts.reshape(n_mat, 1), 1.0)
-            out[base] = sums.reshape(-1)
-        return out
-    data = path.read_bytes()
-    pos = 0
-
-    def take(fmt: str) -> tuple[Any, ...]:
-        nonlocal pos
-        import struct
-
-        size = struct.calcsize(fmt)
-        if pos + size > len(data):
-            raise ConvertError(f"{path}: truncated imatrix file at byte {pos}")
-        vals = struct.unpack_from(fmt, data, pos)
-        pos += size
-        return vals
-
-    (n_entries,) = take("<i")
-    if n_entries < 0 or n_entries > 1_000_000:
-        raise ConvertError(f"{path}: not an imatrix file")
-    for _ in range(n_entries):
-        (name_len,) = take("<i")
-        if name_len <= 0 or pos + name_len > len(data):
-            raise ConvertError(f"{path}: corrupt imatrix entry at byte {pos}")
-        name = data[pos : pos + name_len].decode("utf-8", errors="replace")
-        pos += name_len
-        ncall, nval = take("<ii")
-        if nval <= 0 or pos + 4 * nval > len(data):
-            raise ConvertError(f"{path}: corrupt imatrix entry {name!r}")
-        vals = np.frombuffer(data, dtype="<f4", count=nval, offset=pos).astype(np.float32)
-        pos += 4 * nval
-        out[name] = vals / ncall if ncall > 0 else vals
-    return out
+    try:
+        imat = ImportanceMatrix.load(path)
+        if shapes is not None:
+            imat.check_against(shapes)
+    except ImatrixError as err:
+        raise ConvertError(str(err)) from err
+    return imat.weights_dict()
 
 
 # ---- the writer -------------------------------------------------------------------------
@@ -382,7 +335,7 @@ def convert(
         n_head_kv=int(arch.cfg.get("num_key_value_heads") or n_head),
         n_expert=int(arch.cfg.get("num_local_experts") or 0),
     )
-    imat = load_imatrix(imatrix) if imatrix else None
+    imat = load_imatrix(imatrix, {n: s for n, s, _, _ in entries}) if imatrix else None
     plan = presets.plan(
         [(n, s, _base_float_type(n, s, ft)) for n, s, _, _ in entries],
         ft.name,
@@ -461,7 +414,7 @@ def requantize(
         n_head_kv=hp("attention.head_count_kv", n_head),
         n_expert=hp("expert_count"),
     )
-    imat = load_imatrix(imatrix) if imatrix else None
+    imat = load_imatrix(imatrix, {t.name: t.shape for t in head.tensors}) if imatrix else None
     plan = presets.plan(
         [(t.name, t.shape, t.qtype) for t in head.tensors],
         ft.name,
