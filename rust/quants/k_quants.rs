@@ -405,12 +405,12 @@ fn quantize_q3k(x: &[f32; QK_K], qw: Option<&[f32]>, y: &mut BlockQ3K) {
         requantize(group::<16>(x, j), dl, 0.0, -4, 3, &mut codes[j]);
     }
     let codes: &mut [u8; QK_K] = bytemuck::cast_mut(&mut codes);
+    // Third code bit to hmask (branch-free: the bit is random), low two to qs.
     y.hmask = [0; QK_K / 8];
     for (j, c) in codes.iter_mut().enumerate() {
-        if *c > 3 {
-            y.hmask[j % 32] |= 1 << (j / 32);
-            *c -= 4;
-        }
+        let high = *c >> 2;
+        y.hmask[j % 32] |= high << (j / 32);
+        *c &= 3;
     }
     y.qs = pack_2bit(codes);
 }
@@ -1045,5 +1045,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Single-thread timing of `quantize_row` (not a test: run with
+    /// `cargo test --release --lib k_quants::tests::time_quantize -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn time_quantize() {
+        fn run<B: Block>(x: &[f32], cols: usize, w: &[f32]) {
+            let mut blocks = vec![B::zeroed(); x.len() / B::BLOCK_SIZE];
+            for imatrix in [None, Some(w)] {
+                let mut best = f64::INFINITY;
+                for _ in 0..5 {
+                    let t = std::time::Instant::now();
+                    for (row, out) in x
+                        .chunks_exact(cols)
+                        .zip(blocks.chunks_exact_mut(cols / QK_K))
+                    {
+                        B::quantize_row(row, out, imatrix);
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                println!(
+                    "{} imatrix={}: {:.1} ms",
+                    B::QTYPE.name(),
+                    imatrix.is_some(),
+                    best * 1e3
+                );
+            }
+        }
+        let mut rng = Rng(1);
+        let cols = 4096;
+        let x = rng.gauss_vec(256 * cols);
+        let w: Vec<f32> = (0..cols).map(|_| rng.gauss().exp()).collect();
+        run::<BlockQ2K>(&x, cols, &w);
+        run::<BlockQ3K>(&x, cols, &w);
+        run::<BlockQ4K>(&x, cols, &w);
+        run::<BlockQ5K>(&x, cols, &w);
+        run::<BlockQ6K>(&x, cols, &w);
     }
 }

@@ -556,32 +556,7 @@ pub fn make_q3_quants_lanes<const N: usize, const G: usize>(
             suml2[g] += w[i][g] * q * q;
         }
     }
-    // A lane that made no change in a pass would make none in the next one
-    // either, so running the passes until no lane changes is exact.
-    for _ in 0..5 {
-        let mut changed = [false; G];
-        for i in 0..N {
-            for g in 0..G {
-                let (v, wi, cur) = (xt[i][g], w[i][g], lt[i][g]);
-                let slx = sumlx[g] - wi * v * cur;
-                let sl2 = suml2[g] - wi * cur * cur;
-                let new_l = nearest_int(v * sl2 / slx).max(-nmax).min(nmax - 1) as f32;
-                let slx_new = slx + wi * v * new_l;
-                let sl2_new = sl2 + wi * new_l * new_l;
-                let take = (slx > 0.0)
-                    & (new_l != cur)
-                    & (sl2_new > 0.0)
-                    & (slx_new * slx_new * suml2[g] > sumlx[g] * sumlx[g] * sl2_new);
-                lt[i][g] = if take { new_l } else { cur };
-                sumlx[g] = if take { slx_new } else { sumlx[g] };
-                suml2[g] = if take { sl2_new } else { suml2[g] };
-                changed[g] |= take;
-            }
-        }
-        if !changed.iter().any(|&c| c) {
-            break;
-        }
-    }
+    q3_refine(nmax, &xt, &w, &mut lt, &mut sumlx, &mut suml2);
     std::array::from_fn(|g| {
         let zero = amax[g] < GROUP_MAX_EPS;
         for i in 0..N {
@@ -728,4 +703,112 @@ pub fn make_qkx_quants_lanes<const N: usize, const G: usize, const QKX3: bool>(
         neg_min[g] = -min[g];
     }
     (scale, neg_min)
+}
+
+/// The coordinate-descent passes of [`make_q3_quants`], lane-parallel.
+///
+/// A lane that made no change in a pass would make none in the next one
+/// either (its state is unchanged), so running a set of lanes until none
+/// changes is exact.
+#[cfg(not(target_arch = "x86_64"))]
+fn q3_refine<const N: usize, const G: usize>(
+    nmax: i32,
+    xt: &[[f32; G]; N],
+    w: &[[f32; G]; N],
+    lt: &mut [[f32; G]; N],
+    sumlx: &mut [f32; G],
+    suml2: &mut [f32; G],
+) {
+    for _ in 0..5 {
+        let mut changed = [0u32; G];
+        for i in 0..N {
+            for g in 0..G {
+                let (v, wi, cur) = (xt[i][g], w[i][g], lt[i][g]);
+                let slx = sumlx[g] - wi * v * cur;
+                let sl2 = suml2[g] - wi * cur * cur;
+                let new_l = nearest_int(v * sl2 / slx).max(-nmax).min(nmax - 1) as f32;
+                let slx_new = slx + wi * v * new_l;
+                let sl2_new = sl2 + wi * new_l * new_l;
+                let take = (slx > 0.0)
+                    & (new_l != cur)
+                    & (sl2_new > 0.0)
+                    & (slx_new * slx_new * suml2[g] > sumlx[g] * sumlx[g] * sl2_new);
+                lt[i][g] = if take { new_l } else { cur };
+                sumlx[g] = if take { slx_new } else { sumlx[g] };
+                suml2[g] = if take { sl2_new } else { suml2[g] };
+                changed[g] |= take as u32;
+            }
+        }
+        if changed.iter().all(|&c| c == 0) {
+            break;
+        }
+    }
+}
+
+/// SSE2 version of the passes (the compiler does not vectorize the portable
+/// loop): four lanes per register, each group of four run to its own
+/// convergence. Same operations in the same order as the scalar search.
+#[cfg(target_arch = "x86_64")]
+fn q3_refine<const N: usize, const G: usize>(
+    nmax: i32,
+    xt: &[[f32; G]; N],
+    w: &[[f32; G]; N],
+    lt: &mut [[f32; G]; N],
+    sumlx: &mut [f32; G],
+    suml2: &mut [f32; G],
+) {
+    use std::arch::x86_64::*;
+    assert!(G % 4 == 0, "lanes come in fours");
+    // SAFETY: SSE2 is part of the x86_64 baseline, so the intrinsics are
+    // always available; every load and store is an unaligned access to four
+    // floats at offset c < G of a [f32; G] array.
+    unsafe {
+        let magic = _mm_set1_ps(12_582_912.0);
+        let mantissa = _mm_set1_epi32(0x007f_ffff);
+        let offset = _mm_set1_epi32(0x0040_0000);
+        let lo = _mm_set1_ps(-nmax as f32);
+        let hi = _mm_set1_ps((nmax - 1) as f32);
+        let zero = _mm_setzero_ps();
+        let select =
+            |m: __m128, a: __m128, b: __m128| _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b));
+        for c in (0..G).step_by(4) {
+            let mut sx = _mm_loadu_ps(sumlx.as_ptr().add(c));
+            let mut s2 = _mm_loadu_ps(suml2.as_ptr().add(c));
+            for _ in 0..5 {
+                let mut changed = _mm_setzero_ps();
+                for i in 0..N {
+                    let v = _mm_loadu_ps(xt[i].as_ptr().add(c));
+                    let wi = _mm_loadu_ps(w[i].as_ptr().add(c));
+                    let cur = _mm_loadu_ps(lt[i].as_ptr().add(c));
+                    let wv = _mm_mul_ps(wi, v);
+                    let slx = _mm_sub_ps(sx, _mm_mul_ps(wv, cur));
+                    let sl2 = _mm_sub_ps(s2, _mm_mul_ps(_mm_mul_ps(wi, cur), cur));
+                    let r = _mm_div_ps(_mm_mul_ps(v, sl2), slx);
+                    // nearest_int, then the clamp (exact in floats: the codes are small ints).
+                    let bits = _mm_and_si128(_mm_castps_si128(_mm_add_ps(r, magic)), mantissa);
+                    let q = _mm_cvtepi32_ps(_mm_sub_epi32(bits, offset));
+                    let new_l = _mm_min_ps(_mm_max_ps(q, lo), hi);
+                    let slx_new = _mm_add_ps(slx, _mm_mul_ps(wv, new_l));
+                    let sl2_new = _mm_add_ps(sl2, _mm_mul_ps(_mm_mul_ps(wi, new_l), new_l));
+                    let gain = _mm_cmpgt_ps(
+                        _mm_mul_ps(_mm_mul_ps(slx_new, slx_new), s2),
+                        _mm_mul_ps(_mm_mul_ps(sx, sx), sl2_new),
+                    );
+                    let take = _mm_and_ps(
+                        _mm_and_ps(_mm_cmpgt_ps(slx, zero), _mm_cmpneq_ps(new_l, cur)),
+                        _mm_and_ps(_mm_cmpgt_ps(sl2_new, zero), gain),
+                    );
+                    _mm_storeu_ps(lt[i].as_mut_ptr().add(c), select(take, new_l, cur));
+                    sx = select(take, slx_new, sx);
+                    s2 = select(take, sl2_new, s2);
+                    changed = _mm_or_ps(changed, take);
+                }
+                if _mm_movemask_ps(changed) == 0 {
+                    break;
+                }
+            }
+            _mm_storeu_ps(sumlx.as_mut_ptr().add(c), sx);
+            _mm_storeu_ps(suml2.as_mut_ptr().add(c), s2);
+        }
+    }
 }
