@@ -117,19 +117,26 @@ def test_llama_cpp_runs_every_arch(tmp_path: Path, arch: str) -> None:
     assert np.std(got) > 0
 
 
+@pytest.mark.parametrize("ftype", ["F32", "F16"])
 @pytest.mark.parametrize("arch", ARCHES)
-def test_logits_match_transformers(tmp_path: Path, arch: str) -> None:
+def test_logits_match_transformers(tmp_path: Path, arch: str, ftype: str) -> None:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     src = make_model(tmp_path / "hf", arch, hidden=128, n_ff=256)
     out = tmp_path / "m.gguf"
-    convert(src, out, "F32", progress=False)
+    convert(src, out, ftype, progress=False)
     ids = _ids(src)
     model = transformers.AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
     model.eval()
+    if ftype == "F16":  # the matrices as the file stores them; norms stay float32
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.ndim == 2:
+                    param.copy_(param.half().float())
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].double().numpy()
     got = llama_cpp_logits(out, ids)
     agree = np.mean(np.argmax(got, -1) == np.argmax(ref, -1))
-    assert agree >= 0.995
-    assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 1e-3
+    err = np.max(np.abs(got - ref)) / np.max(np.abs(ref))
+    assert agree >= 0.995, (agree, err)
+    assert err < (1e-3 if ftype == "F32" else 2e-2), err

@@ -198,3 +198,32 @@ def test_smollm2_export_loads_in_transformers(smollm2_path: Path, tmp_path: Path
     agree = np.mean(np.argmax(ours, -1) == np.argmax(hf_logits, -1))
     assert agree >= 0.995
     assert np.max(np.abs(ours - hf_logits)) < 1e-2 * np.max(np.abs(hf_logits))
+
+
+@pytest.mark.peer
+def test_tiny_export_loads_in_transformers(tmp_path: Path) -> None:
+    """AutoTokenizer + LlamaForCausalLM load the export; both agree with llama.cpp on the GGUF."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    llama_cpp = pytest.importorskip("llama_cpp")
+    src = make_model(tmp_path / "hf", "llama", tied=True, hidden=128, n_ff=256)
+    g = tmp_path / "m.gguf"
+    convert(src, g, "F32", progress=False)
+    export_hf(g, tmp_path / "out", "float32", progress=False)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    model = transformers.LlamaForCausalLM.from_pretrained(
+        tmp_path / "out", torch_dtype=torch.float32
+    )
+    assert model.config.tie_word_embeddings
+    text = " ".join(wikitext_lines(12, min_len=20))
+    ids = tok(text)["input_ids"][:200]
+    llm = llama_cpp.Llama(model_path=str(g), n_ctx=256, logits_all=True, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=False)[:200] == ids
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    llm.eval(ids)
+    got = np.asarray(llm.scores[: len(ids)])
+    assert np.mean(np.argmax(got, -1) == np.argmax(ref, -1)) >= 0.995
+    assert np.max(np.abs(got - ref)) < 1e-3 * np.max(np.abs(ref))
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n"
