@@ -14,13 +14,15 @@ def load_weights(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     reader = GGUFReader(path)
     arch = str(reader.fields["general.architecture"].contents())
     hp = {
-        k[len(arch) + 1 :]: f.contents() for k, f in reader.fields.items() if k.startswith(arch + ".")
+        k[len(arch) + 1 :]: f.contents()
+        for k, f in reader.fields.items()
+        if k.startswith(arch + ".")
     }
     hp["arch"] = arch
     weights = {
-        t.name: dequantize(t.data, t.tensor_type).astype(np.float64).reshape(
-            [int(v) for v in reversed(t.shape.tolist())]
-        )
+        t.name: dequantize(t.data, t.tensor_type)
+        .astype(np.float64)
+        .reshape([int(v) for v in reversed(t.shape.tolist())])
         for t in reader.tensors
     }
     return weights, hp

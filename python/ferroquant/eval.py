@@ -103,7 +103,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def windows(tokens: Sequence[int], ctx: int, n_chunks: int, bos_id: Optional[int]) -> list[list[int]]:
+def windows(
+    tokens: Sequence[int], ctx: int, n_chunks: int, bos_id: Optional[int]
+) -> list[list[int]]:
     """The evaluation windows (llama.cpp: BOS replaces each window's first token)."""
     if ctx < 4:
         raise ValueError(f"ctx must be at least 4 tokens, got {ctx}")
@@ -138,7 +140,10 @@ def evaluate(
     tokens = model.tokenize(text)
     bos = getattr(model, "bos_id", None) if getattr(model, "add_bos", False) else None
     wins = windows(tokens, ctx, n_chunks, bos)
-    if ref is not None and getattr(ref, "n_vocab", None) not in (None, getattr(model, "n_vocab", None)):
+    if ref is not None and getattr(ref, "n_vocab", None) not in (
+        None,
+        getattr(model, "n_vocab", None),
+    ):
         raise ValueError(
             f"the reference has a vocabulary of {ref.n_vocab}, the model {model.n_vocab}"
         )
@@ -163,7 +168,7 @@ def evaluate(
         "ppl": math.exp(mean),
         "ppl_stderr": math.exp(mean) * stderr,
         "nll": mean,
-        "tokens": int(len(all_nll)),
+        "tokens": len(all_nll),
         "chunks": len(wins),
         "ctx": ctx,
         "method": (

@@ -75,7 +75,7 @@ impl HParams {
         };
         let count = |key: &str| -> Result<usize> {
             let v = get(key)?;
-            if !(v >= 1.0 && v < 1e9 && v.fract() == 0.0) {
+            if !((1.0..1e9).contains(&v) && v.fract() == 0.0) {
                 return Err(Error::Value(format!(
                     "hyperparameter {arch}.{key} = {v} is not a positive integer"
                 )));
@@ -481,7 +481,10 @@ fn attention(hp: &HParams, cache: &KvCache, layer: usize, pos0: usize, q: &[f32]
         let kvh = head / group;
         // Queries and probabilities pass through f16, as in llama.cpp's KQ and KQV
         // products over its F16 cache, so results track llama.cpp's closely.
-        let qv: Vec<f32> = q[idx * hd..(idx + 1) * hd].iter().map(|&x| round_f16(x)).collect();
+        let qv: Vec<f32> = q[idx * hd..(idx + 1) * hd]
+            .iter()
+            .map(|&x| round_f16(x))
+            .collect();
         let n_keys = pos0 + t + 1;
         let mut scores: Vec<f32> = (0..n_keys)
             .map(|p| dot(&qv, cache.key(layer, p, kvh)) * scale)

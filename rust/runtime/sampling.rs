@@ -28,7 +28,7 @@ impl Sampler {
         if logits.is_empty() {
             return 0;
         }
-        if !(temperature > 0.0) {
+        if temperature.is_nan() || temperature <= 0.0 {
             return argmax(logits);
         }
         let mut idx: Vec<u32> = (0..logits.len() as u32)

@@ -15,6 +15,9 @@ mod imp {}
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
+    // The tile loops index several per-token arrays by the same token number.
+    #![allow(clippy::needless_range_loop)]
+
     use std::arch::x86_64::*;
 
     use super::super::BlockQ8A;
