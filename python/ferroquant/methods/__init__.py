@@ -1,0 +1,1 @@
+"""Quantization methods: ``gptq`` (layer-streaming GPTQ), ``gptq_torch``, ``rtn``."""
