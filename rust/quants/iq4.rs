@@ -21,6 +21,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
+use super::legacy::dispatch;
 use super::{Block, QType, QK_K};
 
 pub const QK4_NL: usize = 32;
@@ -102,35 +103,28 @@ pub fn best_index_ref(x: f32) -> usize {
 #[inline(always)]
 fn codes(xb: &[f32; 32], id: f32, l: &mut [u8; 32], q: &mut [f32; 32]) {
     for j in 0..32 {
-        let v = id * xb[j];
-        let mut m = 0u8;
-        let mut lo = KV_F32[0];
-        let mut hi = KV_F32[1];
-        for k in 1..15 {
-            let ge = v >= KV_F32[k];
-            m += ge as u8;
-            lo += if ge { KV_F32[k] - KV_F32[k - 1] } else { 0.0 };
-            hi += if ge { KV_F32[k + 1] - KV_F32[k] } else { 0.0 };
-        }
-        let take_lo = v - lo < hi - v;
-        l[j] = m + (!take_lo) as u8;
-        q[j] = if take_lo { lo } else { hi };
+        (l[j], q[j]) = level(id * xb[j]);
     }
 }
 
-/// `(Σ w·q·x, Σ w·q²)` summed in index order, as the C loop does.
+/// Code and level of one value (see [`codes`]).
 #[inline(always)]
-fn weighted_sums(xb: &[f32; 32], w: &[f32; 32], q: &[f32; 32]) -> (f32, f32) {
-    let (mut sumqx, mut sumq2) = (0f32, 0f32);
-    for j in 0..32 {
-        let wq = w[j] * q[j];
-        sumqx += wq * xb[j];
-        sumq2 += wq * q[j];
+fn level(v: f32) -> (u8, f32) {
+    let mut m = 0u8;
+    let mut lo = KV_F32[0];
+    let mut hi = KV_F32[1];
+    for k in 1..15 {
+        let ge = v >= KV_F32[k];
+        m += ge as u8;
+        lo += if ge { KV_F32[k] - KV_F32[k - 1] } else { 0.0 };
+        hi += if ge { KV_F32[k + 1] - KV_F32[k] } else { 0.0 };
     }
-    (sumqx, sumq2)
+    let take_lo = v - lo < hi - v;
+    (m + (!take_lo) as u8, if take_lo { lo } else { hi })
 }
 
 /// Importance of each weight of a 32-weight block.
+#[inline(always)]
 fn block_weights(xb: &[f32; 32], qw: Option<&[f32]>, sigma2: f32) -> [f32; 32] {
     let mut w = [0f32; 32];
     match qw {
@@ -149,6 +143,7 @@ fn block_weights(xb: &[f32; 32], qw: Option<&[f32]>, sigma2: f32) -> [f32; 32] {
 }
 
 /// `σ² = 2·Σx²/n`, summed in order.
+#[inline(always)]
 fn sigma2(x: &[f32]) -> f32 {
     let mut s = 0f32;
     for &v in x {
@@ -157,8 +152,19 @@ fn sigma2(x: &[f32]) -> f32 {
     s * (2.0 / x.len() as f32)
 }
 
+/// Candidate inverse scales of one block: the first guess `1/d`, then the
+/// 2·NTRY + 1 tries.
+const CANDIDATES: usize = 2 * NTRY as usize + 2;
+
 /// Best scale of one 32-weight block (step 2 of the module notes); 0 for a
 /// block of (near) zeros.
+///
+/// All 16 candidates are evaluated together, one candidate per vector lane:
+/// each candidate's sums still run over j = 0..32 in order, so every sum is
+/// the same f32 value as in llama.cpp's one-candidate-at-a-time loop, but the
+/// 16 dependency chains overlap instead of running back to back. The choice
+/// among them is then made in llama.cpp's order.
+#[inline(always)]
 fn block_scale(xb: &[f32; 32], w: &[f32; 32]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in xb {
@@ -171,26 +177,39 @@ fn block_scale(xb: &[f32; 32], w: &[f32; 32]) -> f32 {
         return 0.0;
     }
     let v0 = KV_F32[0];
-    let mut l = [0u8; 32];
-    let mut q = [0f32; 32];
-    let d = -max / v0;
-    codes(xb, 1.0 / d, &mut l, &mut q);
-    let (sumqx, sumq2) = weighted_sums(xb, w, &q);
-    let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-    let mut best = d * sumqx;
-    for itry in -NTRY..=NTRY {
-        let id = (itry as f32 + v0) / max;
-        codes(xb, id, &mut l, &mut q);
-        let (sumqx, sumq2) = weighted_sums(xb, w, &q);
-        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-            d = sumqx / sumq2;
-            best = d * sumqx;
+    let mut ids = [0f32; CANDIDATES];
+    ids[0] = 1.0 / (-max / v0);
+    for (t, id) in ids.iter_mut().enumerate().skip(1) {
+        let itry = t as i32 - 1 - NTRY;
+        *id = (itry as f32 + v0) / max;
+    }
+    let mut sumqx = [0f32; CANDIDATES];
+    let mut sumq2 = [0f32; CANDIDATES];
+    for (&x, &wj) in xb.iter().zip(w) {
+        for t in 0..CANDIDATES {
+            let q = level(ids[t] * x).1;
+            let wq = wj * q;
+            sumqx[t] += wq * x;
+            sumq2[t] += wq * q;
+        }
+    }
+    let mut d = if sumq2[0] > 0.0 {
+        sumqx[0] / sumq2[0]
+    } else {
+        0.0
+    };
+    let mut best = d * sumqx[0];
+    for t in 1..CANDIDATES {
+        if sumq2[t] > 0.0 && sumqx[t] * sumqx[t] > best * sumq2[t] {
+            d = sumqx[t] / sumq2[t];
+            best = d * sumqx[t];
         }
     }
     d
 }
 
 /// Pack 32 codes: low nibbles from the first half.
+#[inline(always)]
 fn pack(l: &[u8; 32]) -> [u8; 16] {
     let mut qs = [0u8; 16];
     for j in 0..16 {
@@ -199,11 +218,13 @@ fn pack(l: &[u8; 32]) -> [u8; 16] {
     qs
 }
 
+#[inline(always)]
 fn as_block(x: &[f32]) -> &[f32; 32] {
     x.try_into().expect("32-weight chunk")
 }
 
 /// C's `d ? 1/d : 0`.
+#[inline(always)]
 fn inverse(d: f32) -> f32 {
     if d == 0.0 {
         0.0
@@ -213,11 +234,13 @@ fn inverse(d: f32) -> f32 {
 }
 
 /// llama.cpp's `nearest_int`: round half to even (|v| is far below 2^22 here).
+#[inline(always)]
 fn nearest_int(v: f32) -> i32 {
     v.round_ties_even() as i32
 }
 
 impl BlockIQ4NL {
+    #[inline(always)]
     fn quantize(x: &[f32; 32], qw: Option<&[f32]>) -> Self {
         let w = block_weights(x, qw, sigma2(x));
         let scale = block_scale(x, &w);
@@ -232,6 +255,7 @@ impl BlockIQ4NL {
 }
 
 impl BlockIQ4XS {
+    #[inline(always)]
     fn quantize(x: &[f32], qw: Option<&[f32]>) -> Self {
         let sigma2 = sigma2(x);
         let mut scales = [0f32; QK_K / 32];
@@ -298,14 +322,29 @@ fn dot32(qs: &[u8], x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
+dispatch! {
+    fn quantize_nl_row(src: &[f32], dst: &mut [BlockIQ4NL], imatrix: Option<&[f32]>) {
+        for (i, (block, x)) in dst.iter_mut().zip(src.chunks_exact(QK4_NL)).enumerate() {
+            let qw = imatrix.map(|w| &w[QK4_NL * i..QK4_NL * (i + 1)]);
+            *block = BlockIQ4NL::quantize(as_block(x), qw);
+        }
+    }
+}
+
+dispatch! {
+    fn quantize_xs_row(src: &[f32], dst: &mut [BlockIQ4XS], imatrix: Option<&[f32]>) {
+        for (i, (block, x)) in dst.iter_mut().zip(src.chunks_exact(QK_K)).enumerate() {
+            let qw = imatrix.map(|w| &w[QK_K * i..QK_K * (i + 1)]);
+            *block = BlockIQ4XS::quantize(x, qw);
+        }
+    }
+}
+
 impl Block for BlockIQ4NL {
     const QTYPE: QType = QType::IQ4_NL;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
-        for (i, (block, x)) in dst.iter_mut().zip(src.chunks_exact(QK4_NL)).enumerate() {
-            let qw = imatrix.map(|w| &w[QK4_NL * i..QK4_NL * (i + 1)]);
-            *block = Self::quantize(as_block(x), qw);
-        }
+        quantize_nl_row(src, dst, imatrix);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
@@ -326,10 +365,7 @@ impl Block for BlockIQ4XS {
     const QTYPE: QType = QType::IQ4_XS;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
-        for (i, (block, x)) in dst.iter_mut().zip(src.chunks_exact(QK_K)).enumerate() {
-            let qw = imatrix.map(|w| &w[QK_K * i..QK_K * (i + 1)]);
-            *block = Self::quantize(x, qw);
-        }
+        quantize_xs_row(src, dst, imatrix);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
@@ -382,6 +418,59 @@ mod tests {
                 acc
             })
             .collect()
+    }
+
+    /// llama.cpp's search written as in ggml-quants.c: one candidate at a time.
+    fn block_scale_ref(xb: &[f32; 32], w: &[f32; 32]) -> f32 {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax < GROUP_MAX_EPS {
+            return 0.0;
+        }
+        let sums = |id: f32| {
+            let (mut sumqx, mut sumq2) = (0f32, 0f32);
+            for j in 0..32 {
+                let q = KV_F32[best_index_ref(id * xb[j])];
+                sumqx += w[j] * q * xb[j];
+                sumq2 += w[j] * q * q;
+            }
+            (sumqx, sumq2)
+        };
+        let v0 = KVALUES_IQ4NL[0] as f32;
+        let d = -max / v0;
+        let (sumqx, sumq2) = sums(1.0 / d);
+        let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+        let mut best = d * sumqx;
+        for itry in -NTRY..=NTRY {
+            let (sumqx, sumq2) = sums((itry as f32 + v0) / max);
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                d = sumqx / sumq2;
+                best = d * sumqx;
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn lane_parallel_search_matches_the_reference_search() {
+        let x = noise(32 * 2000, 21);
+        let qw = noise(32 * 2000, 22);
+        for (i, (xb, qb)) in x.chunks_exact(32).zip(qw.chunks_exact(32)).enumerate() {
+            let scale = [1.0f32, 1e-3, 1e-14, 3e4][i % 4];
+            let xb: Vec<f32> = xb.iter().map(|v| v * scale).collect();
+            let xb = as_block(&xb);
+            let qb: Vec<f32> = qb.iter().map(|v| v.abs()).collect();
+            for weights in [None, Some(&qb[..])] {
+                let w = block_weights(xb, weights, sigma2(xb));
+                let (got, want) = (block_scale(xb, &w), block_scale_ref(xb, &w));
+                assert_eq!(got.to_bits(), want.to_bits(), "block {i}");
+            }
+        }
     }
 
     #[test]
