@@ -19,7 +19,10 @@ from .. import presets
 from .convert import set_threads
 
 # --method name -> "module:function" taking the parsed args (HF directory input).
-HF_METHODS: dict[str, str] = {}
+HF_METHODS: dict[str, str] = {
+    "gptq": "ferroquant.commands.quantize_hf:run",
+    "rtn": "ferroquant.commands.quantize_hf:run",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--method", help="calibration method for a HF checkpoint input (e.g. gptq, awq, rtn)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .quantize_hf import add_method_arguments
+
+    add_method_arguments(parser)
 
 
 def _hf_method(name: str | None) -> Callable[[argparse.Namespace], int]:
