@@ -148,11 +148,12 @@ def write_gguf(
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     writer = gguf.GGUFWriter(tmp, arch_name)
     try:
-        add_metadata(writer)
+        # tensor infos first: the metadata step may count parameters (size label)
         for job in jobs:
             writer.add_tensor_info(
                 job.name, job.shape, np.dtype(np.float32), job.n_bytes, raw_dtype=job.qtype
             )
+        add_metadata(writer)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -348,8 +349,15 @@ def convert(
     ]
 
     def add_metadata(w: gguf.GGUFWriter) -> None:
+        # general.* as ModelBase.prepare_metadata: model card / directory name, size label
+        total, shared, expert, n_expert = w.get_total_parameter_count()
+        meta = gguf.Metadata.load(None, model_dir, None, total)
+        if meta.name is None:
+            meta.name = model_dir.name
+        if meta.size_label is None and total > 0:
+            meta.size_label = gguf.size_label(total, shared, expert, n_expert)
         w.add_type(gguf.GGUFType.MODEL)
-        w.add_name(model_dir.name)
+        meta.set_gguf_meta_model(w)
         arch.add_metadata(w)
         w.add_file_type(ft.ftype)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
