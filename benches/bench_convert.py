@@ -79,6 +79,26 @@ def tensor_types(path: Path) -> dict[str, str]:
     return {i.name: i.qtype for i in tensor_infos(open_gguf(path))}
 
 
+def same_file_content(a: Path, b: Path) -> bool:
+    """Same tensors (names, types, bytes) and metadata, ignoring general.name."""
+    import numpy as np
+
+    from ferroquant.gguf_header import read_header
+
+    ha, hb = read_header(a), read_header(b)
+    ta, tb = {t.name: t for t in ha.tensors}, {t.name: t for t in hb.tensors}
+    if ta.keys() != tb.keys():
+        return False
+    for name, t in ta.items():
+        u = tb[name]
+        if t.qtype != u.qtype or not np.array_equal(ha.tensor_bytes(t), hb.tensor_bytes(u)):
+            return False
+    skip = {"general.name"}
+    return {k: v for k, v in ha.kv.items() if k not in skip} == {
+        k: v for k, v in hb.kv.items() if k not in skip
+    }
+
+
 def perplexity(path: Path, tokens: list[int], n_ctx: int, chunks: int, threads: int) -> float:
     """llama-perplexity's measure: per chunk of n_ctx tokens, NLL of the second half."""
     import llama_cpp
@@ -164,6 +184,9 @@ def main() -> int:
             str(work / "lc-f16.gguf"),
             "F16",
         )
+        if results["convert_f16_llama_cpp"]:
+            results["f16_identical_to_llama_cpp"] = same_file_content(f16, work / "lc-f16.gguf")
+            print(f"  identical tensors and metadata: {results['f16_identical_to_llama_cpp']}")
 
     with open(ROOT / "fixtures/wikitext-2-raw-test.txt", encoding="utf-8") as f:
         text = f.read()
@@ -229,6 +252,9 @@ def main() -> int:
             f"| F16 -> {r['preset']} | {fmt(r['ours'])} | {fmt(r['llama_cpp'])} | {tr} | {rr} |"
         )
     md += [
+        "",
+        "F16 file identical to convert_hf_to_gguf.py's (tensors + metadata): "
+        + str(results.get("f16_identical_to_llama_cpp", "not compared")),
         "",
         f"F16 perplexity: {results['ppl_f16']:.4f}",
         "",
