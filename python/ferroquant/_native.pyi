@@ -25,3 +25,54 @@ def vec_dot(row: npt.NDArray[np.uint8], qtype: str, x: npt.NDArray[np.float32]) 
 
 def types() -> list[tuple[str, int, int, int]]:
     """Supported types as (name, ggml_type_id, block_size, type_size)."""
+
+# ---- runtime (rust/bindings/runtime.rs) ----
+
+class Runtime:
+    """A memory-mapped GGUF model with its KV cache and thread pool (one sequence)."""
+
+    def __init__(
+        self,
+        path: str,
+        arch: str,
+        hparams: dict[str, float],
+        tensors: list[tuple[str, int, list[int], int]],
+        n_ctx: int,
+        n_threads: int = 0,
+    ) -> None:
+        """``hparams``: ``{arch}.*`` keys without the prefix; ``tensors``: (name, ggml type id,
+        GGUF shape ``ne``, absolute byte offset). Every tensor is checked against the file."""
+    def forward(self, tokens: list[int], all_logits: bool = False) -> npt.NDArray[np.float32]:
+        """Append ``tokens`` to the sequence; logits (n or 1, vocab). Releases the GIL."""
+    def truncate(self, n: int) -> None: ...
+    def reset(self) -> None: ...
+    @property
+    def n_past(self) -> int: ...
+    @property
+    def n_ctx(self) -> int: ...
+    @property
+    def vocab(self) -> int: ...
+    @property
+    def n_threads(self) -> int: ...
+    @property
+    def weight_bytes_per_token(self) -> int: ...
+
+class Sampler:
+    def __init__(self, seed: int) -> None: ...
+    def sample(
+        self, logits: npt.NDArray[np.float32], temperature: float, top_k: int, top_p: float
+    ) -> int:
+        """Greedy when temperature <= 0; top-k (0: off), top-p (1: off), then temperature."""
+
+def matmul(
+    weight: npt.NDArray[np.uint8],
+    qtype: str,
+    rows: int,
+    cols: int,
+    x: npt.NDArray[np.float32],
+    portable: bool = False,
+) -> npt.NDArray[np.float32]:
+    """The runtime kernel: (ntok, cols) activations times quantized (rows, cols) -> (ntok, rows)."""
+
+def simd_isa() -> str:
+    """The instruction set the kernels dispatch to ("avx2+fma+f16c" or "portable")."""
