@@ -89,8 +89,9 @@ def relative_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
     """``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)``: the share of the layer output's energy lost."""
     d = (w - q).astype(np.float64)
     hd = h.astype(np.float64)
-    num = float(np.einsum("ri,ij,rj->", d, hd, d))
-    den = float(np.einsum("ri,ij,rj->", w.astype(np.float64), hd, w.astype(np.float64)))
+    w64 = w.astype(np.float64)
+    num = float(((d @ hd) * d).sum())
+    den = float(((w64 @ hd) * w64).sum())
     return num / den if den > 0 else 0.0
 
 
@@ -207,42 +208,67 @@ def quantize_model(
             todo = [n for n in group if specs[n] is not None]
             if not todo:
                 continue
-            hess = {}
+            hess: dict[str, Any] = {}
             counts = dict.fromkeys(todo, 0)
+            # Linears fed the same tensor (q/k/v, gate/up) share one Hessian.
+            alias: dict[str, str] = {}
+            state: dict[str, Any] = {"seen": {}, "left": set()}
             hooks = []
             for n in todo:
-                cols = linears[n].in_features
-                hess[n] = torch.zeros(cols, cols, dtype=torch.float32, device=dev)
 
                 def hook(
                     _m: Any,
                     inp: tuple,
-                    _out: Any,
                     n: str = n,
                     where: str = f"model.layers.{li}.{n}",
                     hess: dict = hess,
                     counts: dict = counts,
+                    alias: dict = alias,
+                    state: dict = state,
                 ) -> None:
-                    x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
-                    if not bool(torch.isfinite(x).all()):
-                        raise ValueError(
-                            f"non-finite activations entering {where}: "
-                            "the float model overflows on the calibration data"
-                        )
-                    hess[n].addmm_(x.t(), x)
-                    counts[n] += x.shape[0]
+                    x0 = inp[0]
+                    owner = state["seen"].get(id(x0))
+                    if owner is not None and owner != n:
+                        alias.setdefault(n, owner)
+                    else:
+                        state["seen"][id(x0)] = n
+                        x = x0.detach().reshape(-1, x0.shape[-1]).float()
+                        if not bool(torch.isfinite(x).all()):
+                            raise ValueError(
+                                f"non-finite activations entering {where}: "
+                                "the float model overflows on the calibration data"
+                            )
+                        if n not in hess:
+                            hess[n] = torch.zeros(
+                                x.shape[1], x.shape[1], dtype=torch.float32, device=x.device
+                            )
+                        hess[n].addmm_(x.t(), x)
+                        counts[n] += x.shape[0]
+                    state["left"].discard(n)
+                    if not state["left"]:
+                        # Every linear of the group has its input: the rest of the
+                        # layer is not needed for this batch.
+                        raise _Caught
 
-                hooks.append(linears[n].register_forward_hook(hook))
+                hooks.append(linears[n].register_forward_pre_hook(hook))
             try:
                 with torch.no_grad():
                     for hs, kw in batches:
-                        layer(hs, **kw)
+                        state["seen"] = {}
+                        state["left"] = set(todo)
+                        try:
+                            layer(hs, **kw)
+                        except _Caught:
+                            pass
             finally:
                 for hk in hooks:
                     hk.remove()
+            for n, owner in alias.items():
+                hess[n] = hess[owner]
+                counts[n] = counts[owner]
             for n in todo:
                 full = f"model.layers.{li}.{n}"
-                h = (hess.pop(n) * (2.0 / max(counts[n], 1))).cpu().numpy()
+                h = (hess[n] * (2.0 / max(counts[n], 1))).cpu().numpy()
                 mod = linears[n]
                 w = mod.weight.detach().float().cpu().numpy()
                 res = gptq_linear(w, h, specs[n], device)  # type: ignore[arg-type]
