@@ -9,6 +9,9 @@
 //! Dequantization keeps gguf-py's float operation order, so it is bit-exact
 //! with `gguf.quants.dequantize` (e.g. Q4_K: `(d * sc) * q - dmin * m`).
 
+// Index loops mirror ggml's, which keeps the float order easy to check against it.
+#![allow(clippy::needless_range_loop)]
+
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 

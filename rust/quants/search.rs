@@ -6,8 +6,15 @@
 //! operation here keeps ggml's order and precision (f32, no fused
 //! multiply-add, sums accumulated in index order). Integer conversions keep
 //! C's truncating stores (`as u8` / `as i8`) so that even odd inputs give the
-//! same bytes. Group sizes are const generics, which lets the compiler unroll
-//! and vectorize the element-wise parts; the ordered sums stay scalar.
+//! same bytes. Group sizes are const generics.
+//!
+//! The scalar functions are the plain twins; the K-quant kernels call the
+//! `*_lanes` versions further down, which run the independent searches of all
+//! sub-blocks of a super-block side by side in SIMD lanes (each lane still
+//! summing in ggml's order), and a unit test holds the two equal bit for bit.
+
+// Index loops mirror ggml's, which keeps the float order easy to check against it.
+#![allow(clippy::needless_range_loop)]
 
 /// Groups whose largest magnitude is below this are treated as all zero.
 pub const GROUP_MAX_EPS: f32 = 1e-15;
