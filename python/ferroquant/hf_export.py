@@ -20,9 +20,11 @@ from typing import Any, Union
 import numpy as np
 from tqdm import tqdm
 
+from . import quants
 from .arch import arch_for_gguf
-from .gguf_io import GGUFError, open_gguf, read_tensor_f32, tensor_infos
-from .safetensors_io import f32_to_bf16_bits, write_streaming
+from .gguf_header import GGUFHeader, HeaderTensor, read_header
+from .gguf_io import GGUFError
+from .safetensors_io import f32_to_bf16_bits, release_pages, write_streaming
 from .tokenizer_io import write_hf_tokenizer
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,17 @@ class ExportSummary:
 def gguf_metadata(reader: Any) -> dict[str, Any]:
     """Every metadata field with full arrays."""
     return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def _dequantize(head: GGUFHeader, t: HeaderTensor) -> np.ndarray:
+    cols = t.shape[-1]
+    rows = int(np.prod(t.shape, dtype=np.int64)) // cols
+    try:
+        x = quants.dequantize(np.array(head.tensor_bytes(t)), t.qtype.name, (rows, cols))
+    except ValueError as err:
+        raise GGUFError(f"{head.path}: tensor {t.name!r}: {err}") from err
+    release_pages(head.data, t.offset, t.offset + t.n_bytes)
+    return x.reshape(t.shape)
 
 
 def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -67,11 +80,11 @@ def export_hf(
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir}: exists and is not an empty directory")
-    reader = open_gguf(gguf_path)
-    meta = gguf_metadata(reader)
+    head = read_header(gguf_path)
+    meta = {key: value for key, (_, _, value) in head.kv.items()}
     arch_name = str(meta.get("general.architecture", ""))
     arch = arch_for_gguf(arch_name)
-    infos = [i for i in tensor_infos(reader) if i.name not in _DERIVED]
+    infos = [t for t in head.tensors if t.name not in _DERIVED]
     names = {i.name for i in infos}
     try:
         config = arch.hf_config(meta)
@@ -103,7 +116,7 @@ def export_hf(
         def arrays():
             for info in bar:
                 bar.set_postfix_str(info.name, refresh=False)
-                x = read_tensor_f32(reader, info.name)
+                x = _dequantize(head, info)
                 yield _cast(arch.untransform(info.name, x, meta), st_dtype)
 
         write_streaming(tmp / "model.safetensors", specs, arrays(), metadata={"format": "pt"})
