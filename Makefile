@@ -70,9 +70,25 @@ pytest: build fixtures peer calib
 
 test: lint cargo-test pytest
 
-demo: build fixtures
-	$(PY) -m ferroquant inspect "$$($(PY) fixtures/fetch.py --print-model)"
-	$(PY) benches/roundtrip_model.py "$$($(PY) fixtures/fetch.py --print-model)"
+DEMO := build/demo
+MODEL = $$($(PY) fixtures/fetch.py --print-model)
+EVAL_CHUNKS ?= 8
+
+demo: build fixtures calib
+	mkdir -p $(DEMO)
+	$(PY) -m ferroquant inspect "$(MODEL)" --no-tensors
+	$(PY) benches/roundtrip_model.py "$(MODEL)" --json $(DEMO)/roundtrip.json
+	$(PY) -m ferroquant export-hf "$(MODEL)" -o $(DEMO)/smollm2-hf --dtype float32
+	$(PY) -m ferroquant convert $(DEMO)/smollm2-hf -o $(DEMO)/smollm2-Q8_0.gguf --type Q8_0
+	$(PY) -m ferroquant convert $(DEMO)/smollm2-hf -o $(DEMO)/smollm2-Q4_K_M.gguf --type Q4_K_M
+	for f in Q8_0 Q4_K_M; do \
+		$(PY) -m ferroquant eval $(DEMO)/smollm2-$$f.gguf --ref "$(MODEL)" --ctx 512 \
+			--chunks $(EVAL_CHUNKS) --text fixtures/wikitext-2-raw-test.txt --json \
+			> $(DEMO)/eval-$$f.json || exit 1; \
+		$(PY) -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%s: ppl %.3f (reference %.3f), KL %.5f, top-1 %.4f over %d tokens" % (sys.argv[2], d["ppl"], d["ref_ppl"], d["kld"], d["top1"], d["tokens"]))' $(DEMO)/eval-$$f.json $$f; \
+	done
+	$(PY) -m ferroquant bench $(DEMO)/smollm2-Q4_K_M.gguf
+	$(PY) -m ferroquant run $(DEMO)/smollm2-Q4_K_M.gguf --chat -n 48 -p "What is quantization of a neural network?"
 
 bench: build fixtures
 	$(PY) benches/bench_quants.py --out benches/results
@@ -81,4 +97,4 @@ wheel: $(DEPS_STAMP)
 	$(VENV)/bin/maturin build --release -o dist
 
 clean:
-	rm -rf target dist $(VENV)
+	rm -rf target dist build $(VENV)
