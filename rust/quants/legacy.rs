@@ -132,7 +132,7 @@ fn absmax(x: &Weights) -> f32 {
 fn signed_absmax(x: &Weights) -> f32 {
     let amax = absmax(x);
     // Bit j set where |x_j| reaches the maximum: the lowest set bit is the
-    // first such weight (a compare + movemask, no early-exit loop).
+    // first such weight (no early-exit loop).
     let mut hits = 0u32;
     for (j, &v) in x.iter().enumerate() {
         hits |= ((v.abs() == amax) as u32) << j;
@@ -225,13 +225,22 @@ fn pack_nibbles(q: &[u8; 32]) -> [u8; 16] {
     qs
 }
 
-/// Bit j: the fifth bit of code j (codes are at most 31, so the bit is set
-/// exactly when the code is >= 16: a compare + movemask).
+/// Gather the lowest bit of each of 8 bytes into one byte (bit k from byte
+/// k). The multiplier's partial products land on distinct bits (8k + 56 - 7i
+/// never collides), so there are no carries into the top byte.
+#[inline(always)]
+fn byte_lsbs(w: u64) -> u32 {
+    ((w & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32
+}
+
+/// Bit j: the fifth bit of code j (LLVM does not turn the obvious loop into
+/// a movemask; this SWAR form is four multiplies).
 #[inline(always)]
 fn pack_high_bits(q: &[u8; 32]) -> [u8; 4] {
     let mut bits = 0u32;
-    for (j, &v) in q.iter().enumerate() {
-        bits |= ((v >= 16) as u32) << j;
+    for (c, w) in q.chunks_exact(8).enumerate() {
+        let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        bits |= byte_lsbs(w >> 4) << (8 * c);
     }
     bits.to_le_bytes()
 }
