@@ -112,7 +112,9 @@ def test_smollm2_tokenizer_matches_llama_cpp(smollm2_path: Path, tmp_path: Path)
     llama_cpp = pytest.importorskip("llama_cpp")
     from tokenizers import Tokenizer
 
-    meta = gguf_metadata(open_gguf(smollm2_path))
+    from ferroquant.gguf_header import read_header
+
+    meta = {k: v for k, (_, _, v) in read_header(smollm2_path).kv.items()}
     write_hf_tokenizer(meta, tmp_path, 8192)
     ours = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     llm = llama_cpp.Llama(model_path=str(smollm2_path), vocab_only=True, verbose=False)
