@@ -145,3 +145,23 @@ def test_quantize_cli_gguf(tiny: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Q4_K_M" in proc.stdout and "bits per weight" in proc.stdout
     assert {i.qtype for i in tensor_infos(open_gguf(out))} >= {"Q4_K", "Q6_K"}
+
+
+def test_requantize_rejects_corrupt_headers(tiny: Path, tmp_path: Path) -> None:
+    from ferroquant.gguf_io import GGUFError
+
+    f16 = tmp_path / "f16.gguf"
+    convert(tiny, f16, "F16", progress=False)
+    data = f16.read_bytes()
+    cases = {
+        "magic": b"GGUX" + data[4:],
+        "counts": data[:8] + struct.pack("<Q", 2**60) + data[16:],
+        "cut": data[:5000],
+        "tensors": data[:-4096],
+    }
+    for label, blob in cases.items():
+        bad = tmp_path / f"{label}.gguf"
+        bad.write_bytes(blob)
+        with pytest.raises(GGUFError, match=f"{label}.gguf"):
+            requantize(bad, tmp_path / "o.gguf", "Q8_0", progress=False)
+        assert not (tmp_path / "o.gguf").exists()
