@@ -277,8 +277,14 @@ def convert(
     type_name: str = "F16",
     imatrix: Optional[PathLike] = None,
     progress: bool = True,
+    pre_quantized: Optional[dict[str, tuple[str, np.ndarray]]] = None,
 ) -> Summary:
-    """Convert the HF checkpoint in ``model_dir`` to a GGUF file of ``type_name``."""
+    """Convert the HF checkpoint in ``model_dir`` to a GGUF file of ``type_name``.
+
+    ``pre_quantized`` maps HF tensor names to (GGUF type, block bytes (rows, row_bytes) in HF
+    row order), already quantized elsewhere (GPTQ onto GGUF grids); they are written as given,
+    after the architecture's row layout fix.
+    """
     model_dir, out_path = Path(model_dir), Path(out_path)
     ft = presets.file_type(type_name)
     config = read_config(model_dir)
@@ -347,6 +353,19 @@ def convert(
         TensorJob(p.name, p.shape, p.dst_type, load, imatrix_name=imn)
         for p, (_, _, load, imn) in zip(plan, entries)
     ]
+    if pre_quantized:
+        hf_of = {g: h for h, g in mapping.items()}
+        for i, job in enumerate(jobs):
+            h = hf_of.get(job.name)
+            if h in pre_quantized:
+                qname, blocks = pre_quantized[h]
+                jobs[i] = TensorJob(
+                    job.name,
+                    job.shape,
+                    T[qname],
+                    lambda h=h, g=job.name, b=blocks: arch.transform(h, g, b),
+                    raw=True,
+                )
 
     def add_metadata(w: gguf.GGUFWriter) -> None:
         # general.* as ModelBase.prepare_metadata: model card / directory name, size label
