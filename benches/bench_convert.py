@@ -52,7 +52,8 @@ elif kind == "llama-quantize":
     rc = llama_cpp.llama_model_quantize(args[0].encode(), args[1].encode(), ctypes.byref(p))
     assert rc == 0, rc
 elif kind == "llama-convert":
-    import runpy
+    import os, runpy
+    sys.path.insert(0, os.path.dirname(os.path.abspath(args[0])))
     sys.argv = [args[0], args[1], "--outfile", args[2], "--outtype", args[3].lower()]
     runpy.run_path(args[0], run_name="__main__")
 # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so it would report the parent's
