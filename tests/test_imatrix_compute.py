@@ -74,7 +74,7 @@ def test_matches_numpy_over_captured_inputs() -> None:
         x = np.concatenate([a.reshape(-1, a.shape[-1]) for a in captured[name]]).astype(np.float64)
         e = imat.entries[name]
         assert e.counts.tolist() == [len(windows) * 32]
-        np.testing.assert_allclose(e.in_sum2[0], (x * x).sum(0), rtol=1e-9, err_msg=name)
+        np.testing.assert_allclose(e.in_sum2[0], (x * x).sum(0), rtol=1e-5, err_msg=name)
         np.testing.assert_allclose(imat.weights(name), (x * x).mean(0), rtol=1e-6)
     # independently of the hooks: layer 0's q/k/v input is RMSNorm(embedding) * gain
     emb = model.model.embed_tokens.weight.detach().numpy().astype(np.float64)

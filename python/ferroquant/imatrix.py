@@ -473,7 +473,7 @@ def collect_hf(
     """Run ``model`` (a torch causal LM) on each token window with forward pre-hooks on every
     ``nn.Linear`` whose weight has a ``blk.*`` GGUF name (``gguf_name(hf_weight_name)``,
     raising or returning None for others), accumulating sum x**2 per input column and the
-    token count per tensor, in float64."""
+    token count per tensor (per-call sums in float32, running totals in float64)."""
     import torch
     from tqdm import tqdm
 
@@ -484,8 +484,9 @@ def collect_hf(
     def hook_for(name: str) -> Any:
         def hook(_mod: Any, inputs: tuple[Any, ...]) -> None:
             x = inputs[0].detach()
-            flat = x.reshape(-1, x.shape[-1]).to(torch.float64)
-            s = (flat * flat).sum(dim=0)
+            flat = x.reshape(-1, x.shape[-1]).float()
+            # one call's sum in float32 (a few thousand tokens), the running total in float64
+            s = (flat * flat).sum(dim=0).to(torch.float64)
             if name in sums:
                 sums[name] += s
             else:
@@ -507,11 +508,16 @@ def collect_hf(
     if not hooks:
         raise ImatrixError("no nn.Linear inside the decoder layers has a GGUF tensor name")
     n_windows = 0
+    # the decoder stack alone: the LM head's logits are not needed (llama-imatrix skips
+    # output.weight by default)
+    body = getattr(model, "base_model", None) or model
+    device = next(model.parameters()).device
     try:
         model.eval()
         with torch.inference_mode():
             for w in tqdm(windows, desc="imatrix", unit="chunk", total=total, disable=not progress):
-                model(input_ids=torch.tensor([w], dtype=torch.long), use_cache=False)
+                ids = torch.tensor([w], dtype=torch.long, device=device)
+                body(input_ids=ids, use_cache=False)
                 n_windows += 1
     finally:
         for h in hooks:
