@@ -185,11 +185,13 @@ fn pack_q3_scales(codes: &[i8; 16]) -> [u8; 12] {
 
 /// 2-bit packing of Q2_K/Q3_K: weight 128*g + 32*s + l at bits 2s of byte 32*g + l.
 fn pack_2bit(codes: &[u8; QK_K]) -> [u8; QK_K / 4] {
-    std::array::from_fn(|b| {
-        let (g, l) = (b / 32, b % 32);
-        let c = |s: usize| codes[128 * g + 32 * s + l];
-        c(0) | (c(1) << 2) | (c(2) << 4) | (c(3) << 6)
-    })
+    let mut qs = [0u8; QK_K / 4];
+    for (q, c) in qs.chunks_exact_mut(32).zip(codes.chunks_exact(128)) {
+        for l in 0..32 {
+            q[l] = c[l] | (c[32 + l] << 2) | (c[64 + l] << 4) | (c[96 + l] << 6);
+        }
+    }
+    qs
 }
 
 #[inline(always)]
@@ -410,10 +412,11 @@ fn quantize_q3k(x: &[f32; QK_K], qw: Option<&[f32]>, y: &mut BlockQ3K) {
     let codes: &mut [u8; QK_K] = bytemuck::cast_mut(&mut codes);
     // Third code bit to hmask (branch-free: the bit is random), low two to qs.
     y.hmask = [0; QK_K / 8];
-    for (j, c) in codes.iter_mut().enumerate() {
-        let high = *c >> 2;
-        y.hmask[j % 32] |= high << (j / 32);
-        *c &= 3;
+    for (s, c) in codes.chunks_exact_mut(32).enumerate() {
+        for (h, v) in y.hmask.iter_mut().zip(c) {
+            *h |= (*v >> 2) << s;
+            *v &= 3;
+        }
     }
     y.qs = pack_2bit(codes);
 }

@@ -753,8 +753,8 @@ fn q3_refine<const N: usize, const G: usize>(
 }
 
 /// SSE2 version of the passes (the compiler does not vectorize the portable
-/// loop): four lanes per register, each group of four run to its own
-/// convergence. Same operations in the same order as the scalar search.
+/// loop): four lanes per register. Same operations in the same order as the
+/// scalar search.
 #[cfg(target_arch = "x86_64")]
 fn q3_refine<const N: usize, const G: usize>(
     nmax: i32,
@@ -778,18 +778,25 @@ fn q3_refine<const N: usize, const G: usize>(
         let zero = _mm_setzero_ps();
         let select =
             |m: __m128, a: __m128, b: __m128| _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b));
-        for c in (0..G).step_by(4) {
-            let mut sx = _mm_loadu_ps(sumlx.as_ptr().add(c));
-            let mut s2 = _mm_loadu_ps(suml2.as_ptr().add(c));
-            for _ in 0..5 {
-                let mut changed = _mm_setzero_ps();
-                for i in 0..N {
+        // All groups of four advance together, one weight at a time, so that
+        // their (long, serial) dependency chains overlap.
+        let mut sx = [_mm_setzero_ps(); G];
+        let mut s2 = [_mm_setzero_ps(); G];
+        for k in 0..G / 4 {
+            sx[k] = _mm_loadu_ps(sumlx.as_ptr().add(4 * k));
+            s2[k] = _mm_loadu_ps(suml2.as_ptr().add(4 * k));
+        }
+        for _ in 0..5 {
+            let mut changed = _mm_setzero_ps();
+            for i in 0..N {
+                for k in 0..G / 4 {
+                    let c = 4 * k;
                     let v = _mm_loadu_ps(xt[i].as_ptr().add(c));
                     let wi = _mm_loadu_ps(w[i].as_ptr().add(c));
                     let cur = _mm_loadu_ps(lt[i].as_ptr().add(c));
                     let wv = _mm_mul_ps(wi, v);
-                    let slx = _mm_sub_ps(sx, _mm_mul_ps(wv, cur));
-                    let sl2 = _mm_sub_ps(s2, _mm_mul_ps(_mm_mul_ps(wi, cur), cur));
+                    let slx = _mm_sub_ps(sx[k], _mm_mul_ps(wv, cur));
+                    let sl2 = _mm_sub_ps(s2[k], _mm_mul_ps(_mm_mul_ps(wi, cur), cur));
                     let r = _mm_div_ps(_mm_mul_ps(v, sl2), slx);
                     // nearest_int, then the clamp (exact in floats: the codes are small ints).
                     let bits = _mm_and_si128(_mm_castps_si128(_mm_add_ps(r, magic)), mantissa);
@@ -798,24 +805,26 @@ fn q3_refine<const N: usize, const G: usize>(
                     let slx_new = _mm_add_ps(slx, _mm_mul_ps(wv, new_l));
                     let sl2_new = _mm_add_ps(sl2, _mm_mul_ps(_mm_mul_ps(wi, new_l), new_l));
                     let gain = _mm_cmpgt_ps(
-                        _mm_mul_ps(_mm_mul_ps(slx_new, slx_new), s2),
-                        _mm_mul_ps(_mm_mul_ps(sx, sx), sl2_new),
+                        _mm_mul_ps(_mm_mul_ps(slx_new, slx_new), s2[k]),
+                        _mm_mul_ps(_mm_mul_ps(sx[k], sx[k]), sl2_new),
                     );
                     let take = _mm_and_ps(
                         _mm_and_ps(_mm_cmpgt_ps(slx, zero), _mm_cmpneq_ps(new_l, cur)),
                         _mm_and_ps(_mm_cmpgt_ps(sl2_new, zero), gain),
                     );
                     _mm_storeu_ps(lt[i].as_mut_ptr().add(c), select(take, new_l, cur));
-                    sx = select(take, slx_new, sx);
-                    s2 = select(take, sl2_new, s2);
+                    sx[k] = select(take, slx_new, sx[k]);
+                    s2[k] = select(take, sl2_new, s2[k]);
                     changed = _mm_or_ps(changed, take);
                 }
-                if _mm_movemask_ps(changed) == 0 {
-                    break;
-                }
             }
-            _mm_storeu_ps(sumlx.as_mut_ptr().add(c), sx);
-            _mm_storeu_ps(suml2.as_mut_ptr().add(c), s2);
+            if _mm_movemask_ps(changed) == 0 {
+                break;
+            }
+        }
+        for k in 0..G / 4 {
+            _mm_storeu_ps(sumlx.as_mut_ptr().add(4 * k), sx[k]);
+            _mm_storeu_ps(suml2.as_mut_ptr().add(4 * k), s2[k]);
         }
     }
 }
