@@ -2,7 +2,7 @@
 //! columns, damping, and the upper Cholesky factor of the inverse Hessian.
 
 use faer::linalg::solvers::Llt;
-use faer::{Mat, MatRef, Par, Side};
+use faer::{MatMut, MatRef, Par, Side};
 
 use crate::error::{Error, Result};
 
@@ -29,23 +29,23 @@ pub fn mean_diagonal(h: &[f32], n: usize) -> f64 {
 /// with `R = J L J` upper triangular, hence `H⁻¹ = R⁻ᵀ R⁻¹ = Uᵀ U` with
 /// `U = R⁻¹`. Both have positive diagonals, so `U` is the unique factor.
 pub fn inverse_upper_cholesky(h: &[f32], n: usize) -> Result<Vec<f32>> {
-    let view = MatRef::from_row_major_slice(h, n, n);
-    let llt = Llt::new(view.reverse_rows_and_cols(), Side::Lower).map_err(|e| {
+    // J H J is H's row-major storage reversed, and contiguous (faster to factor than
+    // a view with negative strides).
+    let reversed: Vec<f32> = h.iter().rev().copied().collect();
+    let view = MatRef::from_row_major_slice(&reversed, n, n);
+    let llt = Llt::new(view, Side::Lower).map_err(|e| {
         Error::Value(format!(
             "Hessian is not positive definite after damping ({e}); \
              raise the damping or give more calibration tokens"
         ))
     })?;
-    let r = llt.L().reverse_rows_and_cols();
-    let mut u = Mat::<f32>::zeros(n, n);
-    faer::linalg::triangular_inverse::invert_upper_triangular(u.as_mut(), r, Par::rayon(0));
+    // Uᵀ = (R⁻¹)ᵀ = (Rᵀ)⁻¹ with Rᵀ = J Lᵀ J lower triangular. Written column-major,
+    // Uᵀ's storage is U in row-major order, which the column loop reads row by row.
+    let r_t = llt.L().transpose().reverse_rows_and_cols();
     let mut out = vec![0f32; n * n];
-    for i in 0..n {
-        let row = &mut out[i * n..(i + 1) * n];
-        for (j, v) in row.iter_mut().enumerate().skip(i) {
-            *v = u[(i, j)];
-        }
-    }
+    let dst = MatMut::from_column_major_slice_mut(&mut out, n, n);
+    faer::linalg::triangular_inverse::invert_lower_triangular(dst, r_t, Par::rayon(0));
+    // The strict upper part of Uᵀ (lower part of U) is left untouched: zeros.
     if out.iter().any(|v| !v.is_finite()) {
         return Err(Error::Value(
             "inverse Hessian factor is not finite; raise the damping".into(),
