@@ -1,5 +1,7 @@
 """Stubs for the Rust extension ``ferroquant._native``."""
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -76,3 +78,42 @@ def matmul(
 
 def simd_isa() -> str:
     """The instruction set the kernels dispatch to ("avx2+fma+f16c" or "portable")."""
+
+def gptq_quantize(
+    w: npt.NDArray[np.float32],
+    h: npt.NDArray[np.float32],
+    *,
+    bits: int = 4,
+    group_size: int = 128,
+    sym: bool = False,
+    act_order: bool = False,
+    static_groups: bool = False,
+    percdamp: float = 0.01,
+    block_size: int = 128,
+    qtype: str | None = None,
+) -> dict[str, Any]:
+    """GPTQ of ``w`` (out, in) with Hessian ``h`` (in, in); GIL released, all cores.
+
+    Returns codes (out, in) uint8, scales/zeros/mins (out, groups) float32, g_idx (in,) int32,
+    perm (in,) int64 or None, dequant (out, in) float32, loss, damp, dead, and blocks
+    (out, row_bytes) uint8 when ``qtype`` names a GGUF grid (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+    """
+
+def rtn_quantize(
+    w: npt.NDArray[np.float32],
+    *,
+    bits: int = 4,
+    group_size: int = 128,
+    sym: bool = False,
+    qtype: str | None = None,
+) -> dict[str, Any]:
+    """Round-to-nearest on the same grids as :func:`gptq_quantize` (same dictionary)."""
+
+def pack_bits(codes: npt.NDArray[np.uint32], bits: int) -> npt.NDArray[np.uint32]:
+    """Pack (rows, cols) codes LSB first into (rows, cols * bits / 32) 32-bit words."""
+
+def unpack_bits(words: npt.NDArray[np.uint32], bits: int, cols: int) -> npt.NDArray[np.uint32]:
+    """Inverse of :func:`pack_bits`."""
+
+def gptq_block_size(block_size: int, group_size: int) -> int:
+    """The lazy block GPTQ uses: ``block_size`` rounded up to a multiple of ``group_size``."""
