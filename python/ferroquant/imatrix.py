@@ -529,23 +529,10 @@ def collect_hf(
 
 
 def _read_calib_text(path: PathLike) -> str:
-    """The calibration text (UTF-8). Uses the shared loader ``ferroquant.calib`` when it
-    offers ``load_text``; otherwise reads the file."""
-    try:
-        from . import calib  # type: ignore[attr-defined]
+    """The calibration text, through the shared loader (plain text or JSONL ``text``)."""
+    from .calib import read_text
 
-        load_text = getattr(calib, "load_text", None)
-    except ImportError:
-        load_text = None
-    if load_text is not None:
-        return str(load_text(path))
-    p = Path(path)
-    if not p.is_file():
-        raise ImatrixError(f"{p}: no such calibration file")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ImatrixError(f"{p}: calibration text is not UTF-8 ({err})") from err
+    return read_text(Path(path))
 
 
 def _tokenize_prefix(tok: Any, text: str, need: Optional[int]) -> list[int]:
