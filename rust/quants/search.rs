@@ -726,6 +726,19 @@ fn q3_refine<const N: usize, const G: usize>(
     sumlx: &mut [f32; G],
     suml2: &mut [f32; G],
 ) {
+    q3_refine_portable(nmax, xt, w, lt, sumlx, suml2)
+}
+
+/// The portable passes (built everywhere so that x86 tests check it too).
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
+fn q3_refine_portable<const N: usize, const G: usize>(
+    nmax: i32,
+    xt: &[[f32; G]; N],
+    w: &[[f32; G]; N],
+    lt: &mut [[f32; G]; N],
+    sumlx: &mut [f32; G],
+    suml2: &mut [f32; G],
+) {
     for _ in 0..5 {
         let mut changed = [0u32; G];
         for i in 0..N {
@@ -825,6 +838,42 @@ fn q3_refine<const N: usize, const G: usize>(
         for k in 0..G / 4 {
             _mm_storeu_ps(sumlx.as_mut_ptr().add(4 * k), sx[k]);
             _mm_storeu_ps(suml2.as_mut_ptr().add(4 * k), s2[k]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q3_refine_versions_agree() {
+        let mut seed = 1u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for _ in 0..200 {
+            let xt: [[f32; 16]; 16] = std::array::from_fn(|_| std::array::from_fn(|_| next()));
+            let w: [[f32; 16]; 16] = std::array::from_fn(|i| xt[i].map(|v| v * v));
+            let lt: [[f32; 16]; 16] = std::array::from_fn(|_| {
+                std::array::from_fn(|_| (next() * 8.0).round().clamp(-4.0, 3.0))
+            });
+            let mut sumlx = [0f32; 16];
+            let mut suml2 = [0f32; 16];
+            for i in 0..16 {
+                for g in 0..16 {
+                    sumlx[g] += w[i][g] * xt[i][g] * lt[i][g];
+                    suml2[g] += w[i][g] * lt[i][g] * lt[i][g];
+                }
+            }
+            let (mut l1, mut x1, mut s1) = (lt, sumlx, suml2);
+            let (mut l2, mut x2, mut s2) = (lt, sumlx, suml2);
+            q3_refine(4, &xt, &w, &mut l1, &mut x1, &mut s1);
+            q3_refine_portable(4, &xt, &w, &mut l2, &mut x2, &mut s2);
+            assert_eq!(l1, l2);
+            assert_eq!(x1.map(f32::to_bits), x2.map(f32::to_bits));
+            assert_eq!(s1.map(f32::to_bits), s2.map(f32::to_bits));
         }
     }
 }
