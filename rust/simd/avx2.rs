@@ -376,6 +376,148 @@ mod imp {
         }
     }
 
+    // ---------------------------------------------------------------- Q5_1
+
+    /// # Safety
+    /// As [`q4_0`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5_1(row: &[legacy::BlockQ5_1], acts: &[BlockQ8A], out: &mut [f32]) {
+        tiles!(q5_1_tile, row, acts, row.len(), out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_1_tile<const N: usize>(
+        row: &[legacy::BlockQ5_1],
+        acts: &[BlockQ8A],
+        nb: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut off = [0f32; N];
+        let bit4 = _mm256_set1_epi8(0x10);
+        for (i, b) in row.iter().enumerate() {
+            let d = f16_bits(b.d.to_bits());
+            let m = f16_bits(b.m.to_bits());
+            let high = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(b.qh)), bit4);
+            let qx = _mm256_or_si256(nibbles32(b.qs.as_ptr()), high);
+            for t in 0..N {
+                let a = acts.get_unchecked(t * nb + i);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_us8(qx, load_act(a)), acc[t]);
+                off[t] += m * a.d * (a.sum[0] as i32 + a.sum[1] as i32) as f32;
+            }
+        }
+        for t in 0..N {
+            out[t] = hsum(acc[t]) + off[t];
+        }
+    }
+
+    // ---------------------------------------------------------------- Q5_K
+
+    /// # Safety
+    /// As [`q4_k`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q5_k(row: &[k_quants::BlockQ5K], acts: &[BlockQ8A], out: &mut [f32]) {
+        tiles!(q5_k_tile, row, acts, row.len() * 8, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_k_tile<const N: usize>(
+        row: &[k_quants::BlockQ5K],
+        acts: &[BlockQ8A],
+        nb: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut off = [0f32; N];
+        let m4 = _mm256_set1_epi8(0x0f);
+        let one = _mm256_set1_epi8(0x01);
+        for (s, b) in row.iter().enumerate() {
+            let d = f16_bits(b.d.to_bits());
+            let dmin = f16_bits(b.dmin.to_bits());
+            let mut sc = [0i16; 8];
+            let mut mn = [0f32; 8];
+            for (j, (c, m)) in sc.iter_mut().zip(mn.iter_mut()).enumerate() {
+                let (a, bb) = super::super::portable::scale_min_k4(j, &b.scales);
+                *c = a as i16;
+                *m = dmin * bb as f32;
+            }
+            let hb = _mm256_loadu_si256(b.qh.as_ptr() as *const __m256i);
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(b.qs.as_ptr().add(32 * c) as *const __m256i);
+                // Bit g of every qh byte is the fifth bit of group g (16-bit shifts
+                // keep each byte's own bit in place once masked to bit 0).
+                let h_lo =
+                    _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32)), one);
+                let h_hi = _mm256_and_si256(
+                    _mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32 + 1)),
+                    one,
+                );
+                let lo = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h_lo, 4));
+                let hi = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                    _mm256_slli_epi16(h_hi, 4),
+                );
+                let s_lo = _mm256_set1_epi16(sc[2 * c]);
+                let s_hi = _mm256_set1_epi16(sc[2 * c + 1]);
+                for t in 0..N {
+                    let a0 = acts.get_unchecked(t * nb + 8 * s + 2 * c);
+                    let a1 = acts.get_unchecked(t * nb + 8 * s + 2 * c + 1);
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load_act(a0)), s_lo);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load_act(a1)), s_hi);
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * a0.d), _mm256_cvtepi32_ps(p0), acc[t]);
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * a1.d), _mm256_cvtepi32_ps(p1), acc[t]);
+                    off[t] += mn[2 * c] * a0.d * (a0.sum[0] as i32 + a0.sum[1] as i32) as f32
+                        + mn[2 * c + 1] * a1.d * (a1.sum[0] as i32 + a1.sum[1] as i32) as f32;
+                }
+            }
+        }
+        for t in 0..N {
+            out[t] = hsum(acc[t]) - off[t];
+        }
+    }
+
+    // -------------------------------------------------------------- IQ4_XS
+
+    /// # Safety
+    /// As [`q4_k`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn iq4_xs(row: &[iq4::BlockIQ4XS], acts: &[BlockQ8A], out: &mut [f32]) {
+        tiles!(iq4_xs_tile, row, acts, row.len() * 8, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn iq4_xs_tile<const N: usize>(
+        row: &[iq4::BlockIQ4XS],
+        acts: &[BlockQ8A],
+        nb: usize,
+        out: &mut [f32],
+    ) {
+        let table =
+            _mm_loadu_si128(super::super::portable::KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        let table = _mm256_set_m128i(table, table);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (s, b) in row.iter().enumerate() {
+            let d = f16_bits(b.d.to_bits());
+            for g in 0..8 {
+                let lo = (b.scales_l[g / 2] >> (4 * (g % 2))) & 0xf;
+                let hi = ((b.scales_h >> (2 * g)) & 3) as u8;
+                let dl = d * ((lo | (hi << 4)) as i32 - 32) as f32;
+                let qx = _mm256_shuffle_epi8(table, nibbles32(b.qs.as_ptr().add(16 * g)));
+                let ax = _mm256_sign_epi8(qx, qx);
+                for t in 0..N {
+                    let a = acts.get_unchecked(t * nb + 8 * s + g);
+                    let sy = _mm256_sign_epi8(load_act(a), qx);
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dl * a.d), dot_us8(ax, sy), acc[t]);
+                }
+            }
+        }
+        for t in 0..N {
+            out[t] = hsum(acc[t]);
+        }
+    }
+
     // -------------------------------------------------------- float weights
 
     /// Generic float row kernel: `load8(j)` gives weights j..j+8 as f32.

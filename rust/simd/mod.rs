@@ -141,13 +141,7 @@ macro_rules! q8_portable {
         }
     )*};
 }
-q8_portable!(
-    legacy::BlockQ5_1,
-    k_quants::BlockQ2K,
-    k_quants::BlockQ3K,
-    k_quants::BlockQ5K,
-    iq4::BlockIQ4XS
-);
+q8_portable!(k_quants::BlockQ2K, k_quants::BlockQ3K);
 
 macro_rules! q8_dispatch {
     ($($B:ty => $kernel:ident),*) => {$(
@@ -172,9 +166,12 @@ q8_dispatch!(
     legacy::BlockQ4_0 => q4_0,
     legacy::BlockQ4_1 => q4_1,
     legacy::BlockQ5_0 => q5_0,
+    legacy::BlockQ5_1 => q5_1,
     legacy::BlockQ8_0 => q8_0,
     k_quants::BlockQ4K => q4_k,
+    k_quants::BlockQ5K => q5_k,
     k_quants::BlockQ6K => q6_k,
+    iq4::BlockIQ4XS => iq4_xs,
     iq4::BlockIQ4NL => iq4_nl
 );
 
