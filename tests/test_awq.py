@@ -108,3 +108,33 @@ def test_fake_quantize_grid() -> None:
     assert float((q - w).abs().max()) < float(w.abs().max()) / 7
     with pytest.raises(ValueError, match="groups of 48"):
         fake_quantize(w, 4, 48)
+
+
+def test_cli_awq_to_gguf(tmp_path: Any, wikitext_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from ferroquant.gguf_io import open_gguf, tensor_infos
+    from test_convert_models import make_model
+
+    model = make_model(tmp_path / "hf", "llama", n_layer=2, hidden=256, n_ff=512)
+    out = tmp_path / "awq.gguf"
+    base = [sys.executable, "-m", "ferroquant", "quantize", str(model), "--method", "awq",
+            "--calib", str(wikitext_path), "--nsamples", "4", "--seqlen", "64",
+            "--no-progress"]  # fmt: skip
+    proc = subprocess.run(
+        [*base, "-o", str(out), "--format", "gguf", "--type", "Q4_K_M", "--group-size", "64"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "scaling groups" in proc.stdout
+    infos = {i.name: i.qtype for i in tensor_infos(open_gguf(out))}
+    assert infos["blk.0.attn_q.weight"] == "Q4_K"
+    assert not [p for p in tmp_path.iterdir() if ".awq-" in p.name]
+    from ferroquant.methods.awq import quantize_awq
+
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj.*groups of 96"):
+        quantize_awq(model, tmp_path / "b.gguf", "Q4_K_M", AWQConfig(group_size=96), progress=False)
+    assert not (tmp_path / "b.gguf").exists()

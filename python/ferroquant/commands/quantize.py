@@ -22,6 +22,7 @@ from .convert import set_threads
 HF_METHODS: dict[str, str] = {
     "gptq": "ferroquant.commands.quantize_hf:run",
     "rtn": "ferroquant.commands.quantize_hf:run",
+    "awq": "ferroquant.methods.awq:run_cli",
 }
 
 
