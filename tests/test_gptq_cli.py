@@ -95,10 +95,26 @@ def test_gguf_grid_output_from_cli(tiny: tuple[Path, Path], tmp_path: Path) -> N
     assert not list(tmp_path.glob(".m.gguf.tmp-*"))
 
 
-def test_k_quant_gguf_target_is_a_clear_error(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_k_quant_preset_with_fallbacks(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    src, calib = tiny
+    out = tmp_path / "k.gguf"
+    r = _cli(str(src), "-o", str(out), "--method", "gptq", "--format", "gguf", "--type", "Q4_K_M",
+             "--calib", str(calib), "--nsamples", "8", "--seqlen", "32", "--no-progress")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ref = tmp_path / "rtn.gguf"
+    from ferroquant.convert import convert
+
+    convert(src, ref, "Q4_K_M", progress=False)
+    got = {t.name: t.tensor_type.name for t in GGUFReader(out).tensors}
+    want = {t.name: t.tensor_type.name for t in GGUFReader(ref).tensors}
+    assert got == want  # the preset's types, fallbacks included (64 columns: no K-quant fits)
+
+
+def test_unknown_gguf_type_is_a_clear_error(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     src, _ = tiny
     r = _cli(str(src), "-o", str(tmp_path / "x.gguf"), "--method", "gptq", "--format", "gguf",
-             "--type", "Q4_K_M", "--no-progress")  # fmt: skip
+             "--type", "Q9_X", "--no-progress")  # fmt: skip
     assert r.returncode != 0
-    assert "Q4_K_M" in r.stderr
+    assert "Q9_X" in r.stderr
     assert not (tmp_path / "x.gguf").exists()

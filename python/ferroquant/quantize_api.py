@@ -4,9 +4,10 @@
 >>> quantize("SmolLM2-f32/", "SmolLM2-gptq-4bit/", QuantConfig(bits=4, group_size=128))
 
 ``format="gptq"`` writes a Hugging Face GPTQ checkpoint (see
-:mod:`ferroquant.export.gptq_checkpoint`); ``format="gguf"`` writes a GGUF whose GPTQ'd
-linears are already on the GGUF block grid of ``gguf_type`` (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 for
-every linear).
+:mod:`ferroquant.export.gptq_checkpoint`); ``format="gguf"`` writes a GGUF of file type
+``gguf_type`` (any llama-quantize preset): each linear gets the type the preset's rules give it
+(fallbacks included); on Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 GPTQ rounds onto the GGUF block grid
+with error feedback, other types (K-quants, IQ4) use llama.cpp's own quantizer for now.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -58,12 +59,9 @@ class QuantConfig:
         if self.group_size == 0 or self.group_size < -1:
             raise ValueError(f"group size must be -1 or positive, got {self.group_size}")
         if self.format == "gguf":
-            t = (self.gguf_type or "").upper()
-            if t not in GGUF_GRIDS:
-                raise ValueError(
-                    f"GGUF type {self.gguf_type!r}: GPTQ onto GGUF grids supports "
-                    f"{', '.join(GGUF_GRIDS)}"
-                )
+            from . import presets
+
+            presets.file_type(self.gguf_type or "")  # ValueError naming the supported ones
 
     def grid(self) -> GridSpec:
         return GridSpec(
@@ -74,7 +72,7 @@ class QuantConfig:
             static_groups=self.static_groups,
             percdamp=self.percdamp,
             block_size=self.block_size,
-            qtype=self.gguf_type.upper() if self.format == "gguf" and self.gguf_type else None,
+            qtype=None,
         )
 
 
@@ -122,9 +120,19 @@ def quantize(
     t0 = time.perf_counter()
     model, tok = load_hf(model_dir)
     spec = cfg.grid()
+    gguf_types: dict[str, str] = {}
+    if cfg.format == "gguf":
+        from .export.gguf_export import plan_linear_types
 
-    def spec_for(_name: str) -> GridSpec:
-        return spec
+        gguf_types = plan_linear_types(model_dir, cfg.gguf_type or "")
+
+    def spec_for(name: str) -> Optional[GridSpec]:
+        if cfg.format != "gguf":
+            return spec
+        t = gguf_types.get(f"{name}.weight")
+        if t is None or t in ("F32", "F16", "BF16"):
+            return None
+        return replace(spec, qtype=t)
 
     if cfg.method == "gptq":
         src = cfg.calib or DEFAULT_SOURCE
@@ -155,7 +163,7 @@ def quantize(
     else:
         from .export.gguf_export import write_gguf_model
 
-        write_gguf_model(model_dir, out, results, spec.qtype or "", progress=cfg.progress)
+        write_gguf_model(model_dir, out, results, cfg.gguf_type or "", progress=cfg.progress)
     errs = [r["rel_err"] for r in results.values() if "rel_err" in r]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return QuantSummary(

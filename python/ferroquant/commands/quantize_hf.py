@@ -28,7 +28,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=("gptq", "gguf"),
         default="gptq",
-        help=f"gptq: HF GPTQ checkpoint; gguf: GGUF with --type one of {', '.join(GGUF_GRIDS)}",
+        help="gptq: HF GPTQ checkpoint; gguf: GGUF of file type --type (GPTQ error feedback "
+        f"on {', '.join(GGUF_GRIDS)} tensors, llama.cpp's quantizer on the others)",
     )
     g.add_argument(
         "--calib", help="calibration text/JSONL file, 'self' (default) or 'wikitext-tail'"

@@ -36,6 +36,10 @@ SEQUENTIAL_GROUPS: list[list[str]] = [
 ]
 
 
+# GGUF types GPTQ rounds onto with error feedback (the Rust core's GGUF grids).
+GPTQ_GGUF_GRIDS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+
+
 @dataclass
 class GridSpec:
     """What one linear is quantized onto (a uniform grid or a GGUF block type)."""
@@ -56,8 +60,11 @@ def gptq_linear(
     """GPTQ of one weight (out, in) with its Hessian (in, in): Rust on CPU, torch elsewhere."""
     w = np.ascontiguousarray(w, dtype=np.float32)
     h = np.ascontiguousarray(h, dtype=np.float32)
+    if spec.qtype is not None and spec.qtype not in GPTQ_GGUF_GRIDS:
+        # A GGUF type without a GPTQ grid yet (K-quants, IQ4): llama.cpp's own quantizer.
+        return gguf_rtn(w, spec.qtype)
     if device == "cpu" or spec.qtype is not None:
-        return _native.gptq_quantize(
+        res = _native.gptq_quantize(
             w,
             h,
             bits=spec.bits,
@@ -69,6 +76,8 @@ def gptq_linear(
             block_size=spec.block_size,
             qtype=spec.qtype,
         )
+        res["qtype"] = spec.qtype
+        return res
     from .gptq_torch import gptq_torch
 
     return gptq_torch(
@@ -83,6 +92,20 @@ def gptq_linear(
         block_size=spec.block_size,
         device=device,
     )
+
+
+def gguf_rtn(w: np.ndarray, qtype: str) -> dict[str, Any]:
+    """llama.cpp's reference quantizer for ``qtype`` (blocks, dequant), as a GPTQ-like result."""
+    rows, cols = w.shape
+    blocks = _native.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype)
+    deq = _native.dequantize(blocks, qtype, rows, cols)
+    return {
+        "blocks": blocks,
+        "dequant": deq,
+        "qtype": qtype,
+        "loss": float(((w - deq).astype(np.float64) ** 2).sum() / 2),
+        "gptq": False,
+    }
 
 
 def relative_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:

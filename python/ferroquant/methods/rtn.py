@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _native
-from .gptq import GridSpec, decoder_layers
+from .gptq import GPTQ_GGUF_GRIDS, GridSpec, decoder_layers, gguf_rtn
 
 
 def rtn_model(
@@ -33,9 +33,13 @@ def rtn_model(
             if spec is None:
                 continue
             w = np.ascontiguousarray(mod.weight.detach().float().cpu().numpy())
-            res = _native.rtn_quantize(
-                w, bits=spec.bits, group_size=spec.group_size, sym=spec.sym, qtype=spec.qtype
-            )
+            if spec.qtype is not None and spec.qtype not in GPTQ_GGUF_GRIDS:
+                res = gguf_rtn(w, spec.qtype)
+            else:
+                res = _native.rtn_quantize(
+                    w, bits=spec.bits, group_size=spec.group_size, sym=spec.sym, qtype=spec.qtype
+                )
+                res["qtype"] = spec.qtype
             mod.weight.data = torch.from_numpy(res["dequant"]).to(
                 dtype=mod.weight.dtype, device=mod.weight.device
             )
