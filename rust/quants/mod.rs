@@ -128,28 +128,23 @@ fn rows_per_task(cols: usize) -> usize {
     (1 << 16).max(cols).div_euclid(cols.max(1)).max(1)
 }
 
-fn check_finite(src: &[f32], cols: usize) -> Result<()> {
-    // Chunked scan: a per-element parallel search costs more than the quantization itself.
-    const CHUNK: usize = 1 << 16;
-    let bad = src
-        .par_chunks(CHUNK)
-        .enumerate()
-        .find_first(|(_, chunk)| !chunk.iter().fold(true, |ok, v| ok & v.is_finite()))
-        .and_then(|(c, chunk)| {
-            chunk
-                .iter()
-                .position(|v| !v.is_finite())
-                .map(|i| c * CHUNK + i)
-        });
-    match bad {
-        None => Ok(()),
-        Some(i) => Err(Error::Value(format!(
-            "input holds a non-finite value ({}) at row {}, column {}",
-            src[i],
-            i / cols,
-            i % cols
-        ))),
+/// Index of the first non-finite value of `chunk`, if any (a branch-free pass first: the
+/// common case is all finite).
+fn first_non_finite(chunk: &[f32]) -> Option<usize> {
+    if chunk.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        None
+    } else {
+        chunk.iter().position(|v| !v.is_finite())
     }
+}
+
+fn non_finite_error(src: &[f32], i: usize, cols: usize) -> Error {
+    Error::Value(format!(
+        "input holds a non-finite value ({}) at row {}, column {}",
+        src[i],
+        i / cols,
+        i % cols
+    ))
 }
 
 fn check_matrix(len: usize, cols: usize) -> Result<usize> {
@@ -201,14 +196,27 @@ pub fn quantize(
             )));
         }
     }
-    check_finite(src, cols)?;
+    // Each task checks its rows just before quantizing them, while they are in cache; the
+    // first bad value (lowest index) is reported.
     let chunk_rows = rows_per_task(cols);
-    with_block!(qtype, B => {
+    let chunk_len = cols * chunk_rows;
+    let bad = with_block!(qtype, B => {
         dst.par_chunks_mut(row_bytes * chunk_rows)
-            .zip(src.par_chunks(cols * chunk_rows))
-            .for_each(|(out, inp)| quantize_chunk::<B>(inp, cols, imatrix, out));
+            .zip(src.par_chunks(chunk_len))
+            .enumerate()
+            .filter_map(|(c, (out, inp))| match first_non_finite(inp) {
+                Some(i) => Some(c * chunk_len + i),
+                None => {
+                    quantize_chunk::<B>(inp, cols, imatrix, out);
+                    None
+                }
+            })
+            .min()
     });
-    Ok(())
+    match bad {
+        Some(i) => Err(non_finite_error(src, i, cols)),
+        None => Ok(()),
+    }
 }
 
 fn quantize_chunk<B: Block>(src: &[f32], cols: usize, imatrix: Option<&[f32]>, out: &mut [u8]) {
