@@ -14,6 +14,7 @@ wall times (ratio ours / llama.cpp). Our reader reads llama.cpp's GGUF and legac
 
     python benches/bench_imatrix.py --llama-imatrix /path/to/llama-imatrix \
         [--chunks 4] [--seqlen 512] [--threads 2] [--out benches/results]
+        [--work DIR [--ours-only | --reuse]]   # ours first, llama.cpp later, same DIR
 
 Writes ``bench_imatrix.json`` and ``bench_imatrix.md`` into --out.
 """
@@ -63,7 +64,7 @@ def _tokens_agree(gguf_path: Path, hf_dir: Path, text: str, n: int) -> dict[str,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--llama-imatrix", required=True, help="llama.cpp's llama-imatrix binary")
+    ap.add_argument("--llama-imatrix", help="llama.cpp's llama-imatrix binary")
     ap.add_argument("--model", help="GGUF model (default: fixtures/fetch.py --print-model)")
     ap.add_argument("--text", default=str(ROOT / "fixtures" / "wikitext-2-raw-test.txt"))
     ap.add_argument("--chunks", type=int, default=4)
@@ -71,6 +72,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", help="directory for the exported model (default: a temp dir)")
     ap.add_argument("--out", default=str(ROOT / "benches" / "results"))
+    ap.add_argument("--reuse", action="store_true", help="reuse ours.gguf (and its time) in --work")
+    ap.add_argument("--ours-only", action="store_true", help="compute ours and stop")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "python"))
@@ -103,10 +106,22 @@ def main() -> int:
     calib.write_text(full[: 12 * args.seqlen * (args.chunks + 2)], encoding="utf-8")
 
     ours_path, theirs_path = work / "ours.gguf", work / "llamacpp.gguf"
-    t_ours = _run(
-        [*fq, "imatrix", str(hf), "--calib", str(calib), "-o", str(ours_path), "--nsamples", str(args.chunks), "--seqlen", str(args.seqlen), "--threads", str(args.threads), "--no-progress"],
-        work / "ours.log",
-    )  # fmt: skip
+    timing = work / "ours.time.json"
+    if args.reuse and ours_path.is_file() and timing.is_file():
+        t_ours = float(json.loads(timing.read_text())["seconds"])
+    else:
+        t_ours = _run(
+            [*fq, "imatrix", str(hf), "--calib", str(calib), "-o", str(ours_path),
+             "--nsamples", str(args.chunks), "--seqlen", str(args.seqlen),
+             "--threads", str(args.threads), "--no-progress"],
+            work / "ours.log",
+        )  # fmt: skip
+        timing.write_text(json.dumps({"seconds": t_ours}))
+    if args.ours_only:
+        print(f"ours: {t_ours:.1f} s -> {ours_path}")
+        return 0
+    if not args.llama_imatrix:
+        raise SystemExit("--llama-imatrix is required (except with --ours-only)")
     lcmd = [args.llama_imatrix, "-m", str(f32), "-f", str(calib), "-c", str(args.seqlen),
             "-b", str(args.seqlen), "--chunks", str(args.chunks), "--no-ppl",
             "-t", str(args.threads)]  # fmt: skip
