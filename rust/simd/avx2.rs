@@ -113,19 +113,19 @@ mod imp {
         out: &mut [f32],
     ) {
         let mut acc = [_mm256_setzero_ps(); N];
-        let mut off = [0f32; N];
+        let eight = _mm256_set1_epi8(8);
         for (i, b) in row.iter().enumerate() {
             let d = f16_bits(b.d.to_bits());
-            let qx = nibbles32(b.qs.as_ptr());
+            let qx = _mm256_sub_epi8(nibbles32(b.qs.as_ptr()), eight);
+            let ax = _mm256_sign_epi8(qx, qx);
             for t in 0..N {
                 let a = acts.get_unchecked(t * nb + i);
-                let dd = d * a.d;
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), dot_us8(qx, load_act(a)), acc[t]);
-                off[t] += dd * (a.sum[0] as i32 + a.sum[1] as i32) as f32;
+                let sy = _mm256_sign_epi8(load_act(a), qx);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_us8(ax, sy), acc[t]);
             }
         }
         for t in 0..N {
-            out[t] = hsum(acc[t]) - 8.0 * off[t];
+            out[t] = hsum(acc[t]);
         }
     }
 
@@ -154,7 +154,7 @@ mod imp {
             for t in 0..N {
                 let a = acts.get_unchecked(t * nb + i);
                 acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_us8(qx, load_act(a)), acc[t]);
-                off[t] += m * a.d * (a.sum[0] as i32 + a.sum[1] as i32) as f32;
+                off[t] += m * a.dsum;
             }
         }
         for t in 0..N {
@@ -179,21 +179,21 @@ mod imp {
         out: &mut [f32],
     ) {
         let mut acc = [_mm256_setzero_ps(); N];
-        let mut off = [0f32; N];
         let bit4 = _mm256_set1_epi8(0x10);
+        let sixteen = _mm256_set1_epi8(16);
         for (i, b) in row.iter().enumerate() {
             let d = f16_bits(b.d.to_bits());
             let high = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(b.qh)), bit4);
-            let qx = _mm256_or_si256(nibbles32(b.qs.as_ptr()), high);
+            let qx = _mm256_sub_epi8(_mm256_or_si256(nibbles32(b.qs.as_ptr()), high), sixteen);
+            let ax = _mm256_sign_epi8(qx, qx);
             for t in 0..N {
                 let a = acts.get_unchecked(t * nb + i);
-                let dd = d * a.d;
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), dot_us8(qx, load_act(a)), acc[t]);
-                off[t] += dd * (a.sum[0] as i32 + a.sum[1] as i32) as f32;
+                let sy = _mm256_sign_epi8(load_act(a), qx);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_us8(ax, sy), acc[t]);
             }
         }
         for t in 0..N {
-            out[t] = hsum(acc[t]) - 16.0 * off[t];
+            out[t] = hsum(acc[t]);
         }
     }
 
@@ -310,8 +310,7 @@ mod imp {
                         _mm256_fmadd_ps(_mm256_set1_ps(d * a0.d), _mm256_cvtepi32_ps(p0), acc[t]);
                     acc[t] =
                         _mm256_fmadd_ps(_mm256_set1_ps(d * a1.d), _mm256_cvtepi32_ps(p1), acc[t]);
-                    off[t] += mn[2 * c] * a0.d * (a0.sum[0] as i32 + a0.sum[1] as i32) as f32
-                        + mn[2 * c + 1] * a1.d * (a1.sum[0] as i32 + a1.sum[1] as i32) as f32;
+                    off[t] += mn[2 * c] * a0.dsum + mn[2 * c + 1] * a1.dsum;
                 }
             }
         }
@@ -403,7 +402,7 @@ mod imp {
             for t in 0..N {
                 let a = acts.get_unchecked(t * nb + i);
                 acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), dot_us8(qx, load_act(a)), acc[t]);
-                off[t] += m * a.d * (a.sum[0] as i32 + a.sum[1] as i32) as f32;
+                off[t] += m * a.dsum;
             }
         }
         for t in 0..N {
@@ -468,8 +467,7 @@ mod imp {
                         _mm256_fmadd_ps(_mm256_set1_ps(d * a0.d), _mm256_cvtepi32_ps(p0), acc[t]);
                     acc[t] =
                         _mm256_fmadd_ps(_mm256_set1_ps(d * a1.d), _mm256_cvtepi32_ps(p1), acc[t]);
-                    off[t] += mn[2 * c] * a0.d * (a0.sum[0] as i32 + a0.sum[1] as i32) as f32
-                        + mn[2 * c + 1] * a1.d * (a1.sum[0] as i32 + a1.sum[1] as i32) as f32;
+                    off[t] += mn[2 * c] * a0.dsum + mn[2 * c + 1] * a1.dsum;
                 }
             }
         }

@@ -26,11 +26,13 @@ use crate::error::{Error, Result};
 use crate::quants::{blocks_of, float, iq4, k_quants, legacy, Block, QType};
 
 /// 32 activations quantized to i8 with one f32 scale, plus the sums of the
-/// codes of each half (for the weight types with an offset or per-16 minimum).
+/// codes of each half and the scaled total (for the weight types with an offset or per-16 minimum).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct BlockQ8A {
     pub d: f32,
+    /// `d` times the sum of all 32 codes (ggml `block_q8_1::s`).
+    pub dsum: f32,
     pub sum: [i16; 2],
     pub qs: [i8; 32],
 }
@@ -87,6 +89,7 @@ pub fn quantize_acts(x: &[f32], dst: &mut [BlockQ8A]) {
         // Stored through f16 as ggml's block_q8_0/q8_1 do, so products agree with llama.cpp's.
         blk.d = half::f16::from_f32(d).to_f32();
         blk.sum = sums;
+        blk.dsum = blk.d * (sums[0] as i32 + sums[1] as i32) as f32;
     }
 }
 
