@@ -228,17 +228,19 @@ def test_bad_input_is_a_clear_error() -> None:
         _native.gptq_quantize(w, -np.eye(32, dtype=np.float32), percdamp=0.0)
     with pytest.raises(NotImplementedError):
         _native.gptq_quantize(w, h, qtype="IQ4_NL")
+    with pytest.raises(ValueError, match="multiple of the block size 256"):
+        _native.gptq_quantize(w, h, qtype="Q4_K")
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K"])
 def test_gguf_grid_blocks_are_exact_and_beat_rtn(qtype: str) -> None:
-    w, h = problem(16, 128, 400, seed=3)
+    w, h = problem(16, 256, 600, seed=3)
     g = _native.gptq_quantize(w, h, qtype=qtype)
-    back = _native.dequantize(g["blocks"], qtype, 16, 128)
+    back = _native.dequantize(g["blocks"], qtype, 16, 256)
     np.testing.assert_array_equal(back, g["dequant"])
     # RTN on the GGUF grid is what llama.cpp's reference quantizer writes
     rtn = _native.quantize(w, qtype)
-    rtn_w = _native.dequantize(rtn, qtype, 16, 128)
+    rtn_w = _native.dequantize(rtn, qtype, 16, 256)
     assert layer_loss(w, g["dequant"], h) < layer_loss(w, rtn_w, h)
 
 

@@ -96,7 +96,7 @@ def gptq_quantize(
 
     Returns codes (out, in) uint8, scales/zeros/mins (out, groups) float32, g_idx (in,) int32,
     perm (in,) int64 or None, dequant (out, in) float32, loss, damp, dead, and blocks
-    (out, row_bytes) uint8 when ``qtype`` names a GGUF grid (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+    (out, row_bytes) uint8 when ``qtype`` names a GGUF grid (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K).
     """
 
 def rtn_quantize(

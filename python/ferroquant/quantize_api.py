@@ -7,7 +7,8 @@
 :mod:`ferroquant.export.gptq_checkpoint`); ``format="gguf"`` writes a GGUF of file type
 ``gguf_type`` (any llama-quantize preset): each linear gets the type the preset's rules give it
 (fallbacks included); on Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 GPTQ rounds onto the GGUF block grid
-with error feedback, other types (K-quants, IQ4) use llama.cpp's own quantizer for now.
+with error feedback (Q4_K too: its super-block scales are fitted when the loop reaches it); other
+types (Q2_K, Q3_K, Q5_K, Q6_K, IQ4) use llama.cpp's own quantizer for now.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .methods.gptq import GridSpec, quantize_model
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
-GGUF_GRIDS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+GGUF_GRIDS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K")
 
 
 @dataclass

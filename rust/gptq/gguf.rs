@@ -62,6 +62,16 @@ fn encode_block(q: QType, codes: &[u8], s: &Step, out: &mut Vec<u8>) {
                 qs: nibbles(codes),
             },
         ),
+        QType::Q4_K => {
+            // header: d, dmin and the packed scales as fitted; codes as ggml packs them
+            // (64-weight chunks: low nibbles the first 32, high nibbles the next 32).
+            out.extend_from_slice(&s.header);
+            for chunk in codes.chunks_exact(64) {
+                for l in 0..32 {
+                    out.push((chunk[l] & 0x0f) | ((chunk[l + 32] & 0x0f) << 4));
+                }
+            }
+        }
         _ => {
             let mut b = BlockQ8_0::zeroed();
             b.d = d;
@@ -79,7 +89,8 @@ pub fn to_blocks(res: &GptqResult, grid: Grid) -> Result<Vec<u8>> {
         return Err(Error::Value("GGUF blocks need a GGUF grid".into()));
     };
     let bs = q.block_size();
-    if res.cols % bs != 0 || res.n_groups != res.cols / bs {
+    let group = grid.block_size().unwrap_or(bs);
+    if res.cols % bs != 0 || res.n_groups != res.cols / group {
         return Err(Error::Shape(format!(
             "{}: {} columns in {} groups do not form {bs}-weight blocks",
             q.name(),
@@ -91,7 +102,8 @@ pub fn to_blocks(res: &GptqResult, grid: Grid) -> Result<Vec<u8>> {
     for r in 0..res.rows {
         let crow = &res.codes[r * res.cols..(r + 1) * res.cols];
         for (g, codes) in crow.chunks_exact(bs).enumerate() {
-            encode_block(q, codes, &res.steps[r * res.n_groups + g], &mut out);
+            let first = r * res.n_groups + g * (bs / group);
+            encode_block(q, codes, &res.steps[first], &mut out);
         }
     }
     Ok(out)
@@ -105,7 +117,7 @@ mod tests {
 
     #[test]
     fn blocks_dequantize_to_gptq_values() {
-        let (rows, cols) = (5, 64);
+        let (rows, cols) = (5, 512);
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
             .collect();

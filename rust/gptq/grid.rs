@@ -7,7 +7,8 @@
 use half::f16;
 
 use crate::error::{Error, Result};
-use crate::quants::QType;
+use crate::quants::k_quants::{scale_min_k4, BlockQ4K};
+use crate::quants::{QType, QK_K};
 
 /// The grid of one row within one group: codes `0..=maxq`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -19,6 +20,9 @@ pub struct Step {
     pub min: f32,
     pub maxq: f32,
     pub affine: bool,
+    /// K-quants: the super-block's first 16 bytes (d, dmin, packed 6-bit scales), kept so
+    /// the block can be written exactly as fitted.
+    pub header: [u8; 16],
 }
 
 impl Step {
@@ -60,11 +64,16 @@ impl Grid {
                 Err(Error::Value(format!("GPTQ bits must be 2..=8, got {bits}")))
             }
             Grid::Gguf(q) => match q {
-                QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => Ok(()),
+                QType::Q4_0
+                | QType::Q4_1
+                | QType::Q5_0
+                | QType::Q5_1
+                | QType::Q8_0
+                | QType::Q4_K => Ok(()),
                 _ => Err(Error::Unsupported {
                     qtype: q.name(),
                     what: "GPTQ onto this GGUF grid is not implemented \
-                           (supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)"
+                           (supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K)"
                         .into(),
                 }),
             },
@@ -75,7 +84,30 @@ impl Grid {
     pub fn block_size(&self) -> Option<usize> {
         match self {
             Grid::Uniform { .. } => None,
+            // Q4_K: 32-weight sub-blocks, each with its own scale and min.
+            Grid::Gguf(QType::Q4_K) => Some(32),
             Grid::Gguf(q) => Some(q.block_size()),
+        }
+    }
+
+    /// Columns whose grids are fitted together: a K-quant super-block shares `d` and
+    /// `dmin`, so its sub-block grids are chosen at once when the loop reaches it.
+    pub fn fit_span(&self, group: usize) -> usize {
+        match self {
+            Grid::Gguf(QType::Q4_K) => QK_K,
+            _ => group,
+        }
+    }
+
+    /// Fit the grids of one span of a row (`out`: one step per group in the span).
+    pub fn fit_into(&self, x: &[f32], out: &mut [Step]) {
+        match *self {
+            Grid::Gguf(QType::Q4_K) => q4_k_steps(x, out),
+            _ => {
+                if let Some(s) = out.first_mut() {
+                    *s = self.fit(x);
+                }
+            }
         }
     }
 
@@ -117,6 +149,32 @@ pub fn uniform_step(x: &[f32], bits: u32, sym: bool) -> Step {
         min: 0.0,
         maxq,
         affine: false,
+        header: [0; 16],
+    }
+}
+
+/// Q4_K sub-block grids from llama.cpp's own Q4_K scale search on the current weights
+/// (`crate::quants`), decoded as ggml dequantizes them: `d·sc·q − dmin·m`.
+fn q4_k_steps(x: &[f32], out: &mut [Step]) {
+    let mut bytes = [0u8; std::mem::size_of::<BlockQ4K>()];
+    if x.len() != QK_K || crate::quants::quantize(QType::Q4_K, x, QK_K, None, &mut bytes).is_err() {
+        out.fill(Step::default());
+        return;
+    }
+    let b: BlockQ4K = bytemuck::pod_read_unaligned(&bytes);
+    let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+    let mut header = [0u8; 16];
+    header.copy_from_slice(&bytes[..16]);
+    for (j, st) in out.iter_mut().enumerate().take(QK_K / 32) {
+        let (sc, m) = scale_min_k4(j, &b.scales);
+        *st = Step {
+            scale: d * sc as f32,
+            zero: 0.0,
+            min: -(dmin * m as f32),
+            maxq: 15.0,
+            affine: true,
+            header,
+        };
     }
 }
 
@@ -141,6 +199,7 @@ pub fn gguf_step(q: QType, x: &[f32]) -> Step {
         min: 0.0,
         maxq,
         affine: false,
+        header: [0; 16],
     };
     let affine = |maxq: f32| Step {
         scale: f16_round((hi - lo) / maxq),
@@ -148,6 +207,7 @@ pub fn gguf_step(q: QType, x: &[f32]) -> Step {
         min: f16_round(lo),
         maxq,
         affine: true,
+        header: [0; 16],
     };
     match q {
         QType::Q4_0 => symmetric(8.0, 15.0),
@@ -161,6 +221,7 @@ pub fn gguf_step(q: QType, x: &[f32]) -> Step {
             min: 0.0,
             maxq: 255.0,
             affine: false,
+            header: [0; 16],
         },
     }
 }

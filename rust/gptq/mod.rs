@@ -150,15 +150,18 @@ pub fn gptq(
         )));
     }
     let gs = group_size(cfg, cols);
+    let span = cfg.grid.fit_span(gs);
     if let Grid::Gguf(q) = cfg.grid {
-        if cols % gs != 0 {
+        if cols % span != 0 {
             return Err(Error::Shape(format!(
-                "{}: row length {cols} is not a multiple of the block size {gs}",
+                "{}: row length {cols} is not a multiple of the block size {span}",
                 q.name()
             )));
         }
     }
     let n_groups = cols.div_ceil(gs).max(1);
+    // Groups per fitted span (1 except for K-quant super-blocks).
+    let per_span = span / gs;
     let per_row = cfg.grid.block_size().is_none() && !matches!(cfg.group_size, Some(g) if g > 0);
     // GGUF blocks are contiguous in the original order: under act-order
     // their grids must come from the original weights.
@@ -191,8 +194,9 @@ pub fn gptq(
             .par_chunks_mut(n_groups)
             .zip(w.par_chunks(cols))
             .for_each(|(s, row)| {
-                for (g, st) in s.iter_mut().enumerate() {
-                    st.clone_from(&cfg.grid.fit(&row[g * gs..((g + 1) * gs).min(cols)]));
+                for (k, st) in s.chunks_mut(per_span).enumerate() {
+                    cfg.grid
+                        .fit_into(&row[k * span..((k + 1) * span).min(cols)], st);
                 }
             });
     }
@@ -237,9 +241,9 @@ pub fn gptq(
             p / gs
         }
     };
-    let fit_here = |p: usize| !per_row && !static_groups && p % gs == 0;
+    let fit_here = |p: usize| !per_row && !static_groups && p % span == 0;
 
-    let bs = effective_block_size(cfg.block_size, if per_row { 1 } else { gs });
+    let bs = effective_block_size(cfg.block_size, if per_row { 1 } else { span });
     let mut codes = vec![0u8; rows * cols];
     let mut err = vec![0f32; rows * bs];
     let mut row_loss = vec![0f64; rows];
@@ -259,7 +263,9 @@ pub fn gptq(
                 for i in 0..count {
                     let p = i1 + i;
                     if fit_here(p) {
-                        srow[p / gs] = grid.fit(&block[i..(i + gs).min(count)]);
+                        let g0 = p / gs;
+                        let g1 = (g0 + per_span).min(n_groups);
+                        grid.fit_into(&block[i..(i + span).min(count)], &mut srow[g0..g1]);
                     }
                     let step = srow[group_of(p)];
                     let x = block[i];
@@ -350,15 +356,18 @@ pub fn rtn(w: &[f32], rows: usize, cols: usize, cfg: &GptqConfig) -> Result<Gptq
         )));
     }
     let gs = group_size(cfg, cols);
+    let span = cfg.grid.fit_span(gs);
     if let Grid::Gguf(q) = cfg.grid {
-        if cols % gs != 0 {
+        if cols % span != 0 {
             return Err(Error::Shape(format!(
-                "{}: row length {cols} is not a multiple of the block size {gs}",
+                "{}: row length {cols} is not a multiple of the block size {span}",
                 q.name()
             )));
         }
     }
     let n_groups = cols.div_ceil(gs).max(1);
+    // Groups per fitted span (1 except for K-quant super-blocks).
+    let per_span = span / gs;
     let mut dequant = vec![0f32; rows * cols];
     let mut codes = vec![0u8; rows * cols];
     let mut steps = vec![Step::default(); rows * n_groups];
@@ -368,14 +377,14 @@ pub fn rtn(w: &[f32], rows: usize, cols: usize, cfg: &GptqConfig) -> Result<Gptq
         .zip(steps.par_chunks_mut(n_groups))
         .zip(w.par_chunks(cols))
         .for_each(|(((drow, crow), srow), wrow)| {
-            for (g, step) in srow.iter_mut().enumerate() {
-                let range = g * gs..((g + 1) * gs).min(cols);
-                *step = cfg.grid.fit(&wrow[range.clone()]);
-                for j in range {
-                    let (c, v) = step.quantize(wrow[j]);
-                    crow[j] = c;
-                    drow[j] = v;
-                }
+            for (k, st) in srow.chunks_mut(per_span).enumerate() {
+                cfg.grid
+                    .fit_into(&wrow[k * span..((k + 1) * span).min(cols)], st);
+            }
+            for j in 0..cols {
+                let (c, v) = srow[j / gs].quantize(wrow[j]);
+                crow[j] = c;
+                drow[j] = v;
             }
         });
     let g_idx = (0..cols).map(|j| (j / gs) as i32).collect();

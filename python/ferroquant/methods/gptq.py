@@ -37,7 +37,7 @@ SEQUENTIAL_GROUPS: list[list[str]] = [
 
 
 # GGUF types GPTQ rounds onto with error feedback (the Rust core's GGUF grids).
-GPTQ_GGUF_GRIDS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+GPTQ_GGUF_GRIDS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K")
 
 
 @dataclass
