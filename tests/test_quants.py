@@ -18,7 +18,19 @@ from ferroquant import quants
 ALL = [t.name for t in quants.types()]
 # Types gguf-py can quantize (the rest it only dequantizes).
 GGUF_PY_QUANTIZES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
-K_AND_IQ4 = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+IMATRIX_TYPES = [
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "IQ4_NL",
+    "IQ4_XS",
+]
 
 # Byte offsets of the f16 scale fields inside each block (the rest is codes or packed
 # sub-scales, valid for any byte value).
@@ -142,7 +154,7 @@ def test_round_trip_error_fits_the_bit_width(name: str) -> None:
         assert rel > 0.0
 
 
-@pytest.mark.parametrize("name", K_AND_IQ4)
+@pytest.mark.parametrize("name", IMATRIX_TYPES)
 def test_imatrix_steers_the_search(name: str) -> None:
     rng = np.random.default_rng(3)
     x = rng.standard_normal((32, 1024)).astype(np.float32)

@@ -7,6 +7,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
+use super::search::{make_qkx3_quants, make_qx_quants};
 use super::{Block, QType};
 
 pub const QK4_0: usize = 32;
@@ -414,11 +415,68 @@ dispatch! {
     }
 }
 
+/// llama.cpp's importance-weighted legacy quantizers (`quantize_row_q4_0_impl` and
+/// siblings in ggml-quants.c), used when an imatrix is given: each weight counts
+/// `qw·sqrt(σ² + x²)`, σ² the row's mean square; the scale (and minimum) come from
+/// the weighted least-squares searches shared with the K-quants.
+fn row_sigma2(src: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for v in src {
+        sum += v * v;
+    }
+    sum / src.len() as f32
+}
+
+fn importance(qw: &[f32], x: &Weights, sigma2: f32) -> Weights {
+    std::array::from_fn(|j| qw[j] * (sigma2 + x[j] * x[j]).sqrt())
+}
+
+/// Weighted symmetric codes (0..2·nmax) and scale of every block of a row.
+fn weighted_symmetric<'a>(
+    src: &'a [f32],
+    imatrix: &'a [f32],
+    nmax: i32,
+) -> impl Iterator<Item = (f32, [u8; 32])> + 'a {
+    let sigma2 = row_sigma2(src);
+    src.chunks_exact(32)
+        .zip(imatrix.chunks_exact(32))
+        .map(move |(x, qw)| {
+            let x = as_block(x);
+            let mut l = [0i8; 32];
+            let d = make_qx_quants::<32>(nmax, x, &mut l, 1, Some(&importance(qw, x, sigma2)));
+            (d, l.map(|v| v as u8))
+        })
+}
+
+/// Weighted affine codes (0..=nmax), scale and minimum of every block of a row.
+fn weighted_affine<'a>(
+    src: &'a [f32],
+    imatrix: &'a [f32],
+    nmax: i32,
+) -> impl Iterator<Item = (f32, f32, [u8; 32])> + 'a {
+    let sigma2 = row_sigma2(src);
+    src.chunks_exact(32)
+        .zip(imatrix.chunks_exact(32))
+        .map(move |(x, qw)| {
+            let x = as_block(x);
+            let mut l = [0u8; 32];
+            let w = importance(qw, x, sigma2);
+            let (d, the_min) = make_qkx3_quants::<32>(nmax, x, &w, &mut l, -0.9, 0.05, 36, false);
+            (d, -the_min, l)
+        })
+}
+
 impl Block for BlockQ4_0 {
     const QTYPE: QType = QType::Q4_0;
 
-    fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        quantize_q4_0(src, dst);
+    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+        let Some(qw) = imatrix else {
+            return quantize_q4_0(src, dst);
+        };
+        for (block, (d, q)) in dst.iter_mut().zip(weighted_symmetric(src, qw, 8)) {
+            block.d = f16::from_f32(d);
+            block.qs = pack_nibbles(&q);
+        }
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
@@ -439,8 +497,15 @@ impl Block for BlockQ4_0 {
 impl Block for BlockQ4_1 {
     const QTYPE: QType = QType::Q4_1;
 
-    fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        quantize_q4_1(src, dst);
+    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+        let Some(qw) = imatrix else {
+            return quantize_q4_1(src, dst);
+        };
+        for (block, (d, m, q)) in dst.iter_mut().zip(weighted_affine(src, qw, 15)) {
+            block.d = f16::from_f32(d);
+            block.m = f16::from_f32(m);
+            block.qs = pack_nibbles(&q);
+        }
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
@@ -462,8 +527,15 @@ impl Block for BlockQ4_1 {
 impl Block for BlockQ5_0 {
     const QTYPE: QType = QType::Q5_0;
 
-    fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        quantize_q5_0(src, dst);
+    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+        let Some(qw) = imatrix else {
+            return quantize_q5_0(src, dst);
+        };
+        for (block, (d, q)) in dst.iter_mut().zip(weighted_symmetric(src, qw, 16)) {
+            block.d = f16::from_f32(d);
+            block.qh = pack_high_bits(&q);
+            block.qs = pack_nibbles(&q);
+        }
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
@@ -485,8 +557,16 @@ impl Block for BlockQ5_0 {
 impl Block for BlockQ5_1 {
     const QTYPE: QType = QType::Q5_1;
 
-    fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        quantize_q5_1(src, dst);
+    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+        let Some(qw) = imatrix else {
+            return quantize_q5_1(src, dst);
+        };
+        for (block, (d, m, q)) in dst.iter_mut().zip(weighted_affine(src, qw, 31)) {
+            block.d = f16::from_f32(d);
+            block.m = f16::from_f32(m);
+            block.qh = pack_high_bits(&q);
+            block.qs = pack_nibbles(&q);
+        }
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
