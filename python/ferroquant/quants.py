@@ -85,7 +85,7 @@ def quantize(
 
     Returns a (rows, row_bytes) uint8 array holding the blocks as GGUF stores them.
     ``imatrix`` gives one importance weight per column (llama.cpp's importance matrix);
-    the K-quant and IQ4 searches weight their error by it.
+    the K-quant, IQ4 and legacy 4/5-bit searches weight their error by it, as llama.cpp does.
     """
     info = type_info(qtype)
     mat = _as_matrix(x)
