@@ -47,73 +47,75 @@ pub trait Block: Pod + Send + Sync {
     }
 }
 
-/// Run `$body` with `$B` bound to the block struct of `$qtype`.
+/// Run `$body` with `$B` bound to the block struct of `$qtype` (also used by `simd`).
 macro_rules! with_block {
     ($qtype:expr, $B:ident => $body:expr) => {
         match $qtype {
-            QType::F32 => {
-                type $B = float::BlockF32;
+            $crate::quants::QType::F32 => {
+                type $B = $crate::quants::float::BlockF32;
                 $body
             }
-            QType::F16 => {
-                type $B = float::BlockF16;
+            $crate::quants::QType::F16 => {
+                type $B = $crate::quants::float::BlockF16;
                 $body
             }
-            QType::BF16 => {
-                type $B = float::BlockBF16;
+            $crate::quants::QType::BF16 => {
+                type $B = $crate::quants::float::BlockBF16;
                 $body
             }
-            QType::Q4_0 => {
-                type $B = legacy::BlockQ4_0;
+            $crate::quants::QType::Q4_0 => {
+                type $B = $crate::quants::legacy::BlockQ4_0;
                 $body
             }
-            QType::Q4_1 => {
-                type $B = legacy::BlockQ4_1;
+            $crate::quants::QType::Q4_1 => {
+                type $B = $crate::quants::legacy::BlockQ4_1;
                 $body
             }
-            QType::Q5_0 => {
-                type $B = legacy::BlockQ5_0;
+            $crate::quants::QType::Q5_0 => {
+                type $B = $crate::quants::legacy::BlockQ5_0;
                 $body
             }
-            QType::Q5_1 => {
-                type $B = legacy::BlockQ5_1;
+            $crate::quants::QType::Q5_1 => {
+                type $B = $crate::quants::legacy::BlockQ5_1;
                 $body
             }
-            QType::Q8_0 => {
-                type $B = legacy::BlockQ8_0;
+            $crate::quants::QType::Q8_0 => {
+                type $B = $crate::quants::legacy::BlockQ8_0;
                 $body
             }
-            QType::Q2_K => {
-                type $B = k_quants::BlockQ2K;
+            $crate::quants::QType::Q2_K => {
+                type $B = $crate::quants::k_quants::BlockQ2K;
                 $body
             }
-            QType::Q3_K => {
-                type $B = k_quants::BlockQ3K;
+            $crate::quants::QType::Q3_K => {
+                type $B = $crate::quants::k_quants::BlockQ3K;
                 $body
             }
-            QType::Q4_K => {
-                type $B = k_quants::BlockQ4K;
+            $crate::quants::QType::Q4_K => {
+                type $B = $crate::quants::k_quants::BlockQ4K;
                 $body
             }
-            QType::Q5_K => {
-                type $B = k_quants::BlockQ5K;
+            $crate::quants::QType::Q5_K => {
+                type $B = $crate::quants::k_quants::BlockQ5K;
                 $body
             }
-            QType::Q6_K => {
-                type $B = k_quants::BlockQ6K;
+            $crate::quants::QType::Q6_K => {
+                type $B = $crate::quants::k_quants::BlockQ6K;
                 $body
             }
-            QType::IQ4_NL => {
-                type $B = iq4::BlockIQ4NL;
+            $crate::quants::QType::IQ4_NL => {
+                type $B = $crate::quants::iq4::BlockIQ4NL;
                 $body
             }
-            QType::IQ4_XS => {
-                type $B = iq4::BlockIQ4XS;
+            $crate::quants::QType::IQ4_XS => {
+                type $B = $crate::quants::iq4::BlockIQ4XS;
                 $body
             }
         }
     };
 }
+
+pub(crate) use with_block;
 
 /// View bytes as blocks, copying only when the buffer is misaligned.
 pub fn blocks_of<B: Block>(bytes: &[u8]) -> Cow<'_, [B]> {

@@ -23,7 +23,7 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::quants::{blocks_of, float, iq4, k_quants, legacy, Block, QType};
+use crate::quants::{blocks_of, float, iq4, k_quants, legacy, with_block, Block, QType};
 
 /// 32 activations quantized to i8 with one f32 scale, plus the sums of the
 /// codes of each half and the scaled total (for the weight types with an offset or per-16 minimum).
@@ -226,74 +226,6 @@ impl RowDot for float::BlockBF16 {
     }
 }
 
-/// Run `$body` with `$B` bound to the block struct of `$qtype`.
-macro_rules! with_row_dot {
-    ($qtype:expr, $B:ident => $body:expr) => {
-        match $qtype {
-            QType::F32 => {
-                type $B = float::BlockF32;
-                $body
-            }
-            QType::F16 => {
-                type $B = float::BlockF16;
-                $body
-            }
-            QType::BF16 => {
-                type $B = float::BlockBF16;
-                $body
-            }
-            QType::Q4_0 => {
-                type $B = legacy::BlockQ4_0;
-                $body
-            }
-            QType::Q4_1 => {
-                type $B = legacy::BlockQ4_1;
-                $body
-            }
-            QType::Q5_0 => {
-                type $B = legacy::BlockQ5_0;
-                $body
-            }
-            QType::Q5_1 => {
-                type $B = legacy::BlockQ5_1;
-                $body
-            }
-            QType::Q8_0 => {
-                type $B = legacy::BlockQ8_0;
-                $body
-            }
-            QType::Q2_K => {
-                type $B = k_quants::BlockQ2K;
-                $body
-            }
-            QType::Q3_K => {
-                type $B = k_quants::BlockQ3K;
-                $body
-            }
-            QType::Q4_K => {
-                type $B = k_quants::BlockQ4K;
-                $body
-            }
-            QType::Q5_K => {
-                type $B = k_quants::BlockQ5K;
-                $body
-            }
-            QType::Q6_K => {
-                type $B = k_quants::BlockQ6K;
-                $body
-            }
-            QType::IQ4_NL => {
-                type $B = iq4::BlockIQ4NL;
-                $body
-            }
-            QType::IQ4_XS => {
-                type $B = iq4::BlockIQ4XS;
-                $body
-            }
-        }
-    };
-}
-
 /// A quantized weight matrix: `rows` rows of `cols` weights, row-major bytes.
 #[derive(Clone, Copy)]
 pub struct WeightView<'a> {
@@ -338,7 +270,7 @@ pub fn matmul(w: &WeightView, acts: &Acts, out: &mut [f32]) -> Result<()> {
             acts.ntok * w.rows
         )));
     }
-    with_row_dot!(w.qtype, B => matmul_typed::<B>(w, acts, out, false));
+    with_block!(w.qtype, B => matmul_typed::<B>(w, acts, out, false));
     Ok(())
 }
 
@@ -348,7 +280,7 @@ pub fn matmul_portable(w: &WeightView, acts: &Acts, out: &mut [f32]) -> Result<(
     if acts.cols != w.cols || out.len() != acts.ntok * w.rows {
         return Err(Error::Shape("matmul_portable: shapes do not agree".into()));
     }
-    with_row_dot!(w.qtype, B => matmul_typed::<B>(w, acts, out, true));
+    with_block!(w.qtype, B => matmul_typed::<B>(w, acts, out, true));
     Ok(())
 }
 

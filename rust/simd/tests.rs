@@ -59,7 +59,7 @@ fn random_weights(qtype: QType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<
 fn reference(qtype: QType, w: &[u8], rows: usize, cols: usize, acts: &Acts) -> Vec<f64> {
     let mut wf = vec![0f32; rows * cols];
     crate::quants::dequantize(qtype, w, cols, &mut wf).unwrap();
-    let q8 = with_row_dot!(qtype, B => B::Q8_ACTS);
+    let q8 = with_block!(qtype, B => B::Q8_ACTS);
     // The activations as the kernels see them.
     let xs: Vec<f32> = if q8 {
         acts.q8
