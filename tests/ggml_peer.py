@@ -99,3 +99,26 @@ def dequantize(data: np.ndarray, qtype: str, shape: tuple[int, int]) -> np.ndarr
     out = np.zeros(shape, dtype=np.float32)
     _TO_FLOAT(traits.to_float)(raw.ctypes.data, out.ctypes.data, out.size)
     return out
+
+
+def compare_quantize(
+    name: str, x: np.ndarray, imatrix: Optional[np.ndarray] = None
+) -> tuple[float, float]:
+    """ferroquant's quantization of ``x`` against llama.cpp's: (share of byte-identical
+    blocks, our imatrix-weighted RMSE / llama.cpp's)."""
+    from ferroquant import quants
+
+    ours = quants.quantize(x, name, imatrix)
+    ref = quantize(x, name, imatrix)
+    if ours.shape != ref.shape:
+        raise AssertionError(f"{name}: shapes {ours.shape} != {ref.shape}")
+    type_size = quants.type_info(name).type_size
+    same = np.all(ours.reshape(-1, type_size) == ref.reshape(-1, type_size), axis=1).mean()
+    w = np.ones(x.shape[1], np.float32) if imatrix is None else imatrix
+
+    def err(q: np.ndarray) -> float:
+        y = quants.dequantize(q, name, x.shape)
+        return float(np.sqrt(np.mean(w * (x.astype(np.float64) - y) ** 2)))
+
+    ref_err = err(ref)
+    return float(same), (err(ours) / ref_err if ref_err > 0 else 1.0)

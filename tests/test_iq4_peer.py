@@ -68,20 +68,8 @@ def test_dequantize_of_raw_random_bytes_agrees_with_gguf_py(name: str) -> None:
 
 
 def _compare(name: str, x: np.ndarray, imatrix: Optional[np.ndarray]) -> tuple[float, float]:
-    """(share of byte-identical blocks, our RMSE / llama.cpp's RMSE)."""
-    ggml_peer = _peer()
-    ours = quants.quantize(x, name, imatrix)
-    ref = ggml_peer.quantize(x, name, imatrix)
-    assert ours.shape == ref.shape
-    type_size = quants.type_info(name).type_size
-    same = np.all(ours.reshape(-1, type_size) == ref.reshape(-1, type_size), axis=1).mean()
-    w = np.ones(x.shape[1], np.float32) if imatrix is None else imatrix
-
-    def err(q: np.ndarray) -> float:
-        y = quants.dequantize(q, name, x.shape)
-        return float(np.sqrt(np.mean(w * (x - y) ** 2)))
-
-    return float(same), err(ours) / err(ref)
+    """(share of byte-identical blocks, our weighted RMSE / llama.cpp's)."""
+    return _peer().compare_quantize(name, x, imatrix)
 
 
 @pytest.mark.peer
