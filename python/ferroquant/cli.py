@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "quantize": ("ferroquant.commands.quantize", "quantize a model (requantize a GGUF file)"),
     "imatrix": ("ferroquant.commands.imatrix", "compute an importance matrix (llama.cpp format)"),
+    "compare": (
+        "ferroquant.commands.compare",
+        "quantize with several methods/types, evaluate all, report size vs KL divergence",
+    ),
 }
 
 
