@@ -23,6 +23,7 @@ HF_METHODS: dict[str, str] = {
     "gptq": "ferroquant.commands.quantize_hf:run",
     "rtn": "ferroquant.commands.quantize_hf:run",
     "awq": "ferroquant.methods.awq:run_cli",
+    "dynamic": "ferroquant.commands.quantize_dynamic:run",
 }
 
 
@@ -44,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .quantize_hf import add_method_arguments
 
     add_method_arguments(parser)
+    from .quantize_dynamic import add_dynamic_arguments
+
+    add_dynamic_arguments(parser)
 
 
 def _hf_method(name: str | None) -> Callable[[argparse.Namespace], int]:
