@@ -21,7 +21,7 @@ or ``--model``):
    predicted damage; Spearman and Pearson (of logs) correlations. And per dynamic file the
    predicted (summed) KL against the measured one.
 
-    python benches/bench_dynamic.py [--model DIR] [--chunks 16] [--windows 32] [--pairs 40]
+    python benches/bench_dynamic.py [--model DIR] [--chunks 8] [--windows 16] [--sens-seqlen 256] [--pairs 24]
         [--curve 4.5,4.8,5.1] [--llama-quantize BIN] [--work DIR] [--out benches/results]
 
 Writes ``bench_dynamic.json`` and ``bench_dynamic.md`` into --out.
@@ -99,7 +99,7 @@ def _proxy_check(
 
     hf, tok = load_hf(model_dir)
     windows = load_calibration(
-        "wikitext-tail", tok, args.kl_windows, args.ctx, seed=12345, model=hf
+        "wikitext-tail", tok, args.kl_windows, args.sens_seqlen, seed=12345, model=hf
     )
     real = SingleTensorKL(hf, windows)
     m = _Model(model_dir)
@@ -146,13 +146,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--model", default="/work/team/smollm2-f32")
     ap.add_argument("--work", default=str(ROOT / "build" / "bench_dynamic"))
     ap.add_argument("--out", default=str(ROOT / "benches" / "results"))
-    ap.add_argument("--chunks", type=int, default=16)
+    ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--ctx", type=int, default=512)
-    ap.add_argument("--windows", type=int, default=32, help="sensitivity windows")
+    ap.add_argument("--windows", type=int, default=16, help="sensitivity windows")
+    ap.add_argument("--sens-seqlen", type=int, default=256, help="tokens per sensitivity window")
     ap.add_argument("--calib", default="wikitext-tail")
     ap.add_argument("--curve", default="4.5,4.8,5.1", help="extra budgets, bits per weight")
-    ap.add_argument("--pairs", type=int, default=40, help="proxy check pairs (0: skip)")
-    ap.add_argument("--kl-windows", type=int, default=4)
+    ap.add_argument("--pairs", type=int, default=24, help="proxy check pairs (0: skip)")
+    ap.add_argument("--kl-windows", type=int, default=2)
     ap.add_argument("--llama-quantize", help="llama.cpp's llama-quantize binary (optional)")
     ap.add_argument("--presets", default=",".join(PRESETS))
     args = ap.parse_args(argv)
@@ -181,13 +182,41 @@ def main(argv: Optional[list[str]] = None) -> int:
         t0 = time.perf_counter()
         s = quantize_dynamic(
             model_dir, out, calib=args.calib, cache_dir=str(cache), progress=False,
-            nsamples=args.windows, seqlen=args.ctx, **target,
+            nsamples=args.windows, seqlen=args.sens_seqlen, **target,
         )  # fmt: skip
         print(f"{name}: {s.text()} ({time.perf_counter() - t0:.0f} s)", flush=True)
         return s
 
     imat_file: Optional[str] = None
     summaries = {}
+
+    def save(final: bool = False) -> None:
+        results["settings"] = {
+            "model": str(model_dir),
+            "n_weights": n_weights,
+            "chunks": args.chunks,
+            "ctx": args.ctx,
+            "calib": args.calib,
+            "sensitivity_windows": args.windows,
+            "sensitivity_seqlen": args.sens_seqlen,
+            "imatrix": imat_file,
+            "reference": "F32 GGUF of the float export, our runtime",
+            "eval_text": "fixtures/wikitext-2-raw-test.txt from its start",
+            "loadavg_start": load,
+            "loadavg_end": os.getloadavg(),
+            "cpus": os.cpu_count(),
+            "machine": platform.platform(),
+            "wall_s": time.perf_counter() - t_start,
+            "complete": final,
+            "command": " ".join([sys.executable, *sys.argv]),
+        }
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_dynamic.json").write_text(json.dumps(results, indent=1))
+        (out / "bench_dynamic.md").write_text(_markdown(results))
+        if final:
+            print((out / "bench_dynamic.md").read_text())
+
     for preset in args.presets.split(","):
         p_path = work / f"{preset}.gguf"
         if not p_path.is_file():
@@ -225,6 +254,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                 entry[k]["bpw"] = entry[k]["bytes"] * 8 / n_weights
         results["budgets"].append(entry)
         print(json.dumps(entry, indent=1), flush=True)
+        save()
+    if args.pairs > 0 and summaries:
+        s = summaries[next(iter(summaries))]
+        results["proxy"] = _proxy_check(model_dir, s, args, np.random.default_rng(0))
+        save()
     for bpw in [float(x) for x in args.curve.split(",") if x.strip()]:
         try:
             s = dyn(f"dynamic-{bpw:.2f}bpw", target_bpw=bpw)
@@ -236,33 +270,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         e["type_counts"] = s.type_counts
         results["curve"].append(e)
         print(json.dumps(e), flush=True)
+        save()
 
-    if args.pairs > 0 and summaries:
-        s = summaries[next(iter(summaries))]
-        results["proxy"] = _proxy_check(model_dir, s, args, np.random.default_rng(0))
-
-    results["settings"] = {
-        "model": str(model_dir),
-        "n_weights": n_weights,
-        "chunks": args.chunks,
-        "ctx": args.ctx,
-        "calib": args.calib,
-        "sensitivity_windows": args.windows,
-        "imatrix": imat_file,
-        "reference": "F32 GGUF of the float export, our runtime",
-        "eval_text": "fixtures/wikitext-2-raw-test.txt from its start",
-        "loadavg_start": load,
-        "loadavg_end": os.getloadavg(),
-        "cpus": os.cpu_count(),
-        "machine": platform.platform(),
-        "wall_s": time.perf_counter() - t_start,
-        "command": " ".join([sys.executable, *sys.argv]),
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_dynamic.json").write_text(json.dumps(results, indent=1))
-    (out / "bench_dynamic.md").write_text(_markdown(results))
-    print((out / "bench_dynamic.md").read_text())
+    save(final=True)
     return 0
 
 
@@ -274,9 +284,10 @@ def _markdown(r: dict[str, Any]) -> str:
         f"Model `{s['model']}` ({s['n_weights']} parameters); evaluation: our runtime, "
         f"{s['chunks']} windows of {s['ctx']} tokens of WikiText-2 test from its start, KL and "
         f"top-1 against the F32 GGUF of the float export. Calibration: `{s['calib']}` "
-        f"({s['sensitivity_windows']} windows; the same importance matrix for the preset+imatrix "
+        f"({s['sensitivity_windows']} windows of {s['sensitivity_seqlen']} tokens; the same importance matrix for the preset+imatrix "
         f"files and the dynamic files). Load average {s['loadavg_start'][0]:.1f} -> "
-        f"{s['loadavg_end'][0]:.1f} on {s['cpus']} CPUs; {s['wall_s']:.0f} s.",
+        f"{s['loadavg_end'][0]:.1f} on {s['cpus']} CPUs; {s['wall_s']:.0f} s"
+        f"{'' if s.get('complete') else ' (PARTIAL: the run is still going or stopped)'}.",
         "",
         "| budget (preset size) | file | bytes | bpw | KL | top-1 | ppl |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",

@@ -92,6 +92,7 @@ class DynamicSummary:
     n_bytes: int  # the file's size
     n_weights: int  # parameters in the file
     bits_per_weight: float  # whole file: n_bytes * 8 / n_weights
+    tensor_bits_per_weight: float  # tensor data only (llama.cpp's "BPW"): header excluded
     target_bytes: int
     min_bytes: int  # smallest file the candidates allow
     max_bytes: int  # largest (every tensor at its best candidate)
@@ -676,6 +677,9 @@ def quantize_dynamic(
             n_bytes=size,
             n_weights=model.n_weights,
             bits_per_weight=size * 8 / model.n_weights,
+            tensor_bits_per_weight=sum(tensor_bytes(j.qtype.name, j.shape) for j in jobs)
+            * 8
+            / model.n_weights,
             target_bytes=budget,
             min_bytes=min_bytes,
             max_bytes=max_bytes,
@@ -714,7 +718,8 @@ def write_reports(s: DynamicSummary) -> tuple[Path, Path]:
         "",
         f"- file: {s.n_bytes} bytes ({s.n_bytes / 2**20:.2f} MiB), budget {s.target_bytes} "
         f"bytes; reachable {s.min_bytes} .. {s.max_bytes} bytes",
-        f"- {s.bits_per_weight:.4f} bits per weight (whole file, {s.n_weights} parameters)",
+        f"- {s.bits_per_weight:.4f} bits per weight (whole file, {s.n_weights} parameters); "
+        f"{s.tensor_bits_per_weight:.4f} counting tensor data only (llama.cpp's BPW)",
         f"- predicted KL divergence (sum of single-tensor damages): {s.predicted_kld:.6f}",
         f"- sensitivity: {s.proxy}",
         f"- calibration: {s.calib or 'default (self)'}; importance matrix: {s.imatrix or 'none'}",
