@@ -192,7 +192,7 @@ def test_cli(tiny: Path, tmp_path: Path) -> None:
         cmd = [
             sys.executable, "-m", "ferroquant", "quantize", str(tiny), "-o", str(out),
             "--method", "dynamic", *target, "--calib", "wikitext-tail",
-            "--sensitivity-windows", "2", "--seqlen", "32", "--cache-dir", str(tmp_path / "c"),
+            "--sensitivity-windows", "2", "--sensitivity-seqlen", "32", "--cache-dir", str(tmp_path / "c"),
             "--no-progress",
         ]  # fmt: skip
         return subprocess.run(cmd, capture_output=True, text=True)

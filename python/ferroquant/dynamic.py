@@ -56,8 +56,8 @@ DEFAULT_CANDIDATES: tuple[str, ...] = (
     "Q8_0",
     "F16",
 )
-DEFAULT_WINDOWS = 32
-DEFAULT_SEQLEN = 512
+DEFAULT_WINDOWS = 16
+DEFAULT_SEQLEN = 256
 CACHE_VERSION = 1
 # llama_ftype written to general.file_type: that of the type holding the most weights
 _FTYPE_OF = {

@@ -45,9 +45,16 @@ def add_dynamic_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--sensitivity-windows",
         type=int,
-        default=32,
+        default=16,
         metavar="N",
-        help="calibration windows for the sensitivity statistics (default 32; --seqlen tokens)",
+        help="calibration windows for the sensitivity statistics (default 16)",
+    )
+    g.add_argument(
+        "--sensitivity-seqlen",
+        type=int,
+        default=256,
+        metavar="L",
+        help="tokens per sensitivity window (default 256)",
     )
     g.add_argument("--cache-dir", help="statistics cache (default ~/.cache/ferroquant/dynamic)")
 
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=not getattr(args, "no_progress", False),
         nsamples=args.sensitivity_windows,
-        seqlen=getattr(args, "seqlen", 512) or 512,
+        seqlen=args.sensitivity_seqlen,
         seed=getattr(args, "seed", 0) or 0,
     )
     print(summary.text())
