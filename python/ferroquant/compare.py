@@ -1250,96 +1250,188 @@ _STYLE = {
 }
 
 
-def plot_report(report: CompareReport, path: Path) -> None:
-    """Size (MiB; bpw on the top axis) vs KL divergence (log), a marker per method, the type
-    next to each point, and the Pareto frontier."""
-    import matplotlib
+def _scatter(ax: Any, rows: list[Entry], size: float = 70, dodge_px: float = 0.0) -> None:
+    """One marker and colour per method; ``dodge_px`` shifts each method's markers sideways
+    by a few pixels (display only) so that methods of one type do not hide each other."""
+    from matplotlib.transforms import ScaledTranslation
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [e for e in report.measured() if (e.kld or 0) > 0]
-    front = [e for e in report.pareto() if (e.kld or 0) > 0]
-    fig, ax = plt.subplots(figsize=(11, 7), dpi=130)
-    methods = [m for m in _STYLE if any(e.method == m for e in rows)]
-    for m in methods:
+    offsets = _dodge(rows, dodge_px)
+    for m, dx_px in offsets.items():
         es = [e for e in rows if e.method == m]
         color, marker = _STYLE[m]
+        dx = dx_px / ax.figure.dpi
         ax.scatter(
             [e.size_mib for e in es],
             [e.kld for e in es],
+            transform=ax.transData + ScaledTranslation(dx, 0, ax.figure.dpi_scale_trans),
             c=color,
             marker=marker,
-            s=150 if marker == "*" else 70,
+            s=size * (2.2 if marker == "*" else 1.0),
             label=m,
             zorder=3,
             edgecolors="white",
             linewidths=0.6,
         )
+
+
+def _dodge(rows: list[Entry], dodge_px: float) -> dict[str, float]:
+    present = [m for m in _STYLE if any(e.method == m for e in rows)]
+    return {m: (i - (len(present) - 1) / 2) * dodge_px for i, m in enumerate(present)}
+
+
+def _frontier_dodged(ax: Any, front: list[Entry], offsets: dict[str, float]) -> None:
+    """The frontier through the dodged markers (drawn in pixels, after the layout is fixed)."""
+    from matplotlib.transforms import IdentityTransform
+
+    if not front:
+        return
+    ax.figure.canvas.draw()
+    pts = [ax.transData.transform((e.size_mib, e.kld)) for e in front]
+    xs = [float(p[0]) + offsets.get(e.method, 0.0) for p, e in zip(pts, front)]
+    ys = [float(p[1]) for p in pts]
+    ax.plot(xs, ys, "--", color="#555555", lw=1.1, zorder=2, transform=IdentityTransform())
+    ax.set_xlim(ax.get_xlim())
+
+
+def _frontier_line(ax: Any, front: list[Entry]) -> None:
     if front:
         ax.plot(
             [e.size_mib for e in front],
             [e.kld for e in front],
             "--",
             color="#555555",
-            lw=1.2,
+            lw=1.1,
             zorder=2,
             label="Pareto frontier",
         )
-    # labels: the type once per cluster of one type, the method's KL on each point
+
+
+def _label_clusters(ax: Any, rows: list[Entry], per_point: bool, gap_px: float) -> None:
+    """The type above each cluster of one type; with ``per_point``, "method KL" right of each
+    point, spread vertically so that no two labels of a cluster overlap."""
+    fig = ax.figure
+    fig.canvas.draw()  # the transforms need the final limits and layout
     by_type: dict[str, list[Entry]] = {}
     for e in rows:
         by_type.setdefault(e.type, []).append(e)
     for t, es in by_type.items():
+        pts = sorted(es, key=lambda e: e.kld or 0.0)
+        disp = [ax.transData.transform((e.size_mib, e.kld)) for e in pts]
+        top_y = max(d[1] for d in disp)
+        if per_point:
+            ys = [float(d[1]) for d in disp]
+            placed: list[float] = []
+            for y in ys:  # bottom-up, at least gap_px apart
+                placed.append(max(y, placed[-1] + gap_px) if placed else y)
+            shift = (sum(ys) - sum(placed)) / len(ys)  # re-centre on the points
+            placed = [y + max(shift, ys[0] - placed[0] - gap_px) for y in placed]
+            for e, d, y in zip(pts, disp, placed):
+                color = _STYLE.get(e.method, ("black", "o"))[0]
+                ax.annotate(
+                    f"{e.method} {_kld(e.kld)}",
+                    (e.size_mib, e.kld),
+                    textcoords="offset pixels",
+                    xytext=(26, y - float(d[1])),
+                    ha="left",
+                    va="center",
+                    fontsize=8,
+                    color=color,
+                    arrowprops={"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.6},
+                )
+            top_y = max(top_y, max(placed))
         top = max(es, key=lambda e: e.kld or 0.0)
         ax.annotate(
             t,
             (top.size_mib, top.kld),
-            textcoords="offset points",
-            xytext=(0, 12),
+            textcoords="offset pixels",
+            xytext=(0, top_y - float(ax.transData.transform((top.size_mib, top.kld))[1]) + 18),
             ha="center",
             fontsize=10,
             fontweight="bold",
         )
-        ordered = sorted(es, key=lambda e: e.kld or 0.0)
-        for e in ordered:
-            ax.annotate(
-                f"{e.method} {_kld(e.kld)}",
-                (e.size_mib, e.kld),
-                textcoords="offset points",
-                xytext=(9, -3),
-                ha="left",
-                fontsize=7.5,
-                color=_STYLE.get(e.method, ("black", "o"))[0],
+
+
+def plot_report(report: CompareReport, path: Path) -> None:
+    """Two panels, y = KL divergence (log) against the float model, x = file size (MiB; bits
+    per weight on the top axis), a marker and colour per method, the Pareto frontier dashed:
+    left, the budgets the methods were compared at (each point labelled with its method and
+    KL divergence); right, every file (baselines too) on a log size axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [e for e in report.measured() if (e.kld or 0) > 0]
+    cands = [e for e in rows if e.role == "candidate"] or rows
+    front = [e for e in report.pareto() if (e.kld or 0) > 0]
+    dpi = 130
+    fig, (ax, ax2) = plt.subplots(
+        1, 2, figsize=(15, 7.5), dpi=dpi, gridspec_kw={"width_ratios": [2.3, 1]}
+    )
+    n = report.n_weights
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+
+    def bpw_axis(a: Any) -> None:
+        if n:
+            sec = a.secondary_xaxis(
+                "top",
+                functions=(lambda mib: mib * 2**20 * 8 / n, lambda bpw: bpw * n / 8 / 2**20),
             )
+            sec.set_xlabel("bits per weight (whole file)")
+            sec.xaxis.set_major_formatter(plain)
+            sec.xaxis.set_minor_formatter(plain)
+
+    # left: the budgets
+    _scatter(ax, cands, 80, dodge_px=7)
+    xs = [e.size_mib or 0.0 for e in cands]
+    ys = [e.kld or 1.0 for e in cands]
+    span = (max(xs) - min(xs)) or max(xs) * 0.1
+    lo_x, hi_x = min(xs) - 0.08 * span, max(xs) + 0.35 * span
+    ax.plot([], [], "--", color="#555555", lw=1.1, label="Pareto frontier")
+    ax.set_xlim(lo_x, hi_x)
     ax.set_yscale("log")
+    ax.set_ylim(min(ys) / 1.8, max(ys) * 2.2)
     ax.set_xlabel("file size (MiB)")
     ax.set_ylabel("KL divergence to the float model (nats/token, log scale)")
-    ref = report.reference
-    title = f"{Path(report.model_dir).name}: size vs KL divergence"
-    if ref is not None and ref.size_mib:
-        title += f"  (reference F32: {ref.size_mib:.0f} MiB, ppl {_fmt(ref.ppl, '.2f')})"
-    ax.set_title(title)
+    ax.set_title("the compared budgets: every method at each type", fontsize=11)
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-    n = report.n_weights
-    if n:
-        sec = ax.secondary_xaxis(
-            "top",
-            functions=(lambda mib: mib * 2**20 * 8 / n, lambda bpw: bpw * n / 8 / 2**20),
-        )
-        sec.set_xlabel("bits per weight (whole file)")
-    if rows:
-        xs = [e.size_mib or 0.0 for e in rows]
-        span = max(xs) - min(xs) or max(xs) or 1.0
-        ax.set_xlim(min(xs) - 0.06 * span, max(xs) + 0.2 * span)
-        ys = [e.kld or 1.0 for e in rows]
-        ax.set_ylim(min(ys) / 2, max(ys) * 2.5)
+    bpw_axis(ax)
     ax.legend(loc="upper right", fontsize=9, framealpha=0.9)
+    # right: everything
+    _scatter(ax2, rows, 45)
+    _frontier_line(ax2, front)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.xaxis.set_major_formatter(plain)
+    ax2.xaxis.set_minor_formatter(plain)
+    xs2 = [e.size_mib or 1.0 for e in rows]
+    ys2 = [e.kld or 1.0 for e in rows]
+    ax2.set_xlim(min(xs2) / 1.12, max(xs2) * 1.25)
+    ax2.set_ylim(min(ys2) / 3, max(ys2) * 4)
+    ax2.set_xlabel("file size (MiB, log scale)")
+    ax2.set_title("all files, with the F16 and Q8_0 baselines", fontsize=11)
+    ax2.grid(True, which="major", alpha=0.35)
+    ax2.grid(True, which="minor", alpha=0.12)
+    bpw_axis(ax2)
+    ref = report.reference
+    title = f"{Path(report.model_dir).name}: file size vs KL divergence"
+    if ref is not None and ref.size_mib:
+        title += (
+            f"   (reference: the float model as F32, {ref.size_mib:.0f} MiB, ppl "
+            f"{_fmt(ref.ppl, '.2f')}; {report.settings.get('chunks')} x "
+            f"{report.settings.get('ctx')}-token windows)"
+        )
+    fig.suptitle(title, fontsize=12)
     fig.tight_layout()
+    _frontier_dodged(ax, front, _dodge(cands, 7))
+    _label_clusters(ax, cands, True, gap_px=8 * dpi / 72 * 1.25)
+    _label_clusters(ax2, rows, False, 0)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp)
+        fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     finally:
         plt.close(fig)
