@@ -138,3 +138,25 @@ def test_cli_awq_to_gguf(tmp_path: Any, wikitext_path: Any) -> None:
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj.*groups of 96"):
         quantize_awq(model, tmp_path / "b.gguf", "Q4_K_M", AWQConfig(group_size=96), progress=False)
     assert not (tmp_path / "b.gguf").exists()
+
+
+def test_awq_gguf_checks_the_imatrix_before_calibrating(tmp_path: Any) -> None:
+    from ferroquant.imatrix import ImatrixError, ImportanceMatrix
+    from ferroquant.methods.awq import quantize_awq
+    from test_convert_models import make_model
+
+    model = make_model(tmp_path / "hf", "llama", n_layer=2, hidden=64, n_ff=128)
+    other = ImportanceMatrix()
+    other.add("blk.0.attn_q.weight", np.ones(96), 10)  # another model's width
+    wrong = other.save(tmp_path / "other.gguf")
+    corrupt = tmp_path / "corrupt.dat"
+    corrupt.write_bytes(b"\x01\x00\x00\x00\xff\xff")
+    # calib=None would sample from the model (slow); the checks come first
+    for path, msg in ((wrong, r"other\.gguf.*blk\.0\.attn_q\.weight.*another model"),
+                      (corrupt, r"corrupt\.dat")):  # fmt: skip
+        with pytest.raises(ImatrixError, match=msg):
+            quantize_awq(
+                model, tmp_path / "o.gguf", "Q4_K_M", AWQConfig(group_size=32), imatrix=path,
+                progress=False,
+            )  # fmt: skip
+    assert not (tmp_path / "o.gguf").exists()

@@ -26,9 +26,10 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--percdamp", type=float, default=0.01, help="damping (default 0.01)")
     g.add_argument(
         "--format",
-        choices=("gptq", "gguf"),
-        default="gptq",
-        help="gptq: HF GPTQ checkpoint; gguf: GGUF of file type --type (GPTQ error feedback "
+        choices=("gptq", "awq", "gguf"),
+        default=None,
+        help="gptq: HF GPTQ checkpoint (default for gptq/rtn); awq: AutoAWQ GEMM checkpoint "
+        "(default for awq); gguf: GGUF of file type --type (GPTQ error feedback "
         f"on {', '.join(GGUF_GRIDS)} tensors, llama.cpp's quantizer on the others)",
     )
     g.add_argument(
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         act_order=args.act_order,
         static_groups=args.static_groups,
         percdamp=args.percdamp,
-        format=args.format,
+        format=args.format or "gptq",
         gguf_type=args.type if args.format == "gguf" else None,
         calib=args.calib,
         nsamples=args.nsamples,

@@ -90,7 +90,10 @@ def scale_groups(layer: Any) -> list[ScaleGroup]:
 
 
 def fake_quantize(w: Any, bits: int, group_size: int, zero_point: bool = True) -> Any:
-    """Round-to-nearest onto the AWQ grid along the input dimension, dequantized (torch)."""
+    """Round-to-nearest onto the AWQ grid along the input dimension, dequantized (torch).
+    With a zero point: ``scale = (max - min) / (2**bits - 1)`` over the group's range
+    extended to hold 0, ``zero = round(-min / scale)``, codes ``round(w / scale) + zero``
+    clamped to the grid (:mod:`ferroquant.export.awq_checkpoint` writes the same grid)."""
     import torch
 
     shape = w.shape
@@ -100,7 +103,10 @@ def fake_quantize(w: Any, bits: int, group_size: int, zero_point: bool = True) -
     g = w.reshape(-1, gs).float()
     if zero_point:
         qmax = 2**bits - 1
-        hi, lo = g.amax(dim=1, keepdim=True), g.amin(dim=1, keepdim=True)
+        # the range always holds 0 (as GPTQ's asymmetric grid): a one-signed group keeps
+        # its far end, where AutoAWQ's plain min/max would clip it at max - min
+        hi = g.amax(dim=1, keepdim=True).clamp(min=0)
+        lo = g.amin(dim=1, keepdim=True).clamp(max=0)
         scale = ((hi - lo).clamp(min=1e-5)) / qmax
         zero = torch.round(-lo / scale).clamp(0, qmax)
         q = torch.clamp(torch.round(g / scale) + zero, 0, qmax)
@@ -204,7 +210,7 @@ def search_clip(w: Any, x: Any, cfg: AWQConfig) -> Any:
     xg = x.float().reshape(-1, n_g, gs)  # (tokens, groups, gs)
     org_max = wg.abs().amax(dim=2, keepdim=True)  # (out, groups, 1)
     ref = torch.einsum("tgk,ogk->otg", xg, wg)
-    best_err = torch.full((out_f, n_g), float("inf"))
+    best_err = torch.full((out_f, n_g), float("inf"), device=w.device)
     best_max = org_max.clone()
     for i in range(int(cfg.max_shrink * cfg.clip_grid)):
         max_val = org_max * (1 - i / cfg.clip_grid)
@@ -357,6 +363,28 @@ def check_group_size(model: Any, group_size: int) -> None:
                 )
 
 
+def check_imatrix(model: Any, model_dir: Any, imatrix: Any) -> None:
+    """Raise ``ImatrixError`` (a ValueError naming the file) unless ``imatrix`` reads and its
+    tensor names and widths are those of ``model`` (GGUF names, through the architecture)."""
+    import json
+    from pathlib import Path
+
+    from ..arch import arch_for_config
+    from ..imatrix import ImportanceMatrix
+
+    cfg_path = Path(model_dir) / "config.json"
+    arch = arch_for_config(json.loads(cfg_path.read_text()), str(cfg_path))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, p in model.state_dict().items():
+        try:
+            gname = arch.gguf_name(name)
+        except ValueError:
+            continue
+        if gname:
+            shapes[gname] = tuple(p.shape)
+    ImportanceMatrix.load(imatrix).check_against(shapes)
+
+
 def quantize_awq(
     model_dir: Any,
     out: Any,
@@ -389,6 +417,8 @@ def quantize_awq(
     model, tok = load_hf(model_dir)
     check_model(model)
     check_group_size(model, cfg.group_size)
+    if imatrix:  # a clear error before the slow part, not after it
+        check_imatrix(model, model_dir, imatrix)
     windows = load_calibration(calib, tok, nsamples, seqlen, seed, model=model)
     log.info("awq calibration: %s, %d x %d tokens", calib or "default", *windows.shape)
     results = awq_model(model, windows, cfg, progress=progress)
@@ -412,27 +442,80 @@ def quantize_awq(
     }
 
 
-def run_cli(args: Any) -> int:
-    """``ferroquant quantize HF_DIR -o OUT.gguf --method awq --format gguf --type TYPE``."""
-    if getattr(args, "format", "gguf") != "gguf":
+def quantize_awq_checkpoint(
+    model_dir: Any,
+    out: Any,
+    cfg: Optional[AWQConfig] = None,
+    calib: Optional[str] = None,
+    nsamples: int = 128,
+    seqlen: int = 512,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """AWQ-scale the HF checkpoint in ``model_dir`` on the calibration windows and write it as
+    an AutoAWQ GEMM checkpoint (:mod:`ferroquant.export.awq_checkpoint`) in ``out``."""
+    from pathlib import Path
+
+    from ..calib import load_calibration
+    from ..export.awq_checkpoint import BITS, write_checkpoint
+    from ..quantize_api import load_hf
+
+    cfg = cfg or AWQConfig()
+    cfg.check()
+    if cfg.bits != BITS or not cfg.zero_point:
         raise ValueError(
-            "--method awq writes a GGUF: pass --format gguf --type TYPE (the AutoAWQ "
-            "checkpoint export is not implemented yet)"
+            f"the AutoAWQ GEMM checkpoint holds 4-bit zero-point groups, not {cfg.bits} bits"
+            f"{'' if cfg.zero_point else ' without zero point'}; use --format gguf for others"
+        )
+    model_dir, out = Path(model_dir), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"output {out} exists and is not an empty directory")
+    t0 = time.perf_counter()
+    model, tok = load_hf(model_dir)
+    check_model(model)
+    check_group_size(model, cfg.group_size)
+    windows = load_calibration(calib, tok, nsamples, seqlen, seed, model=model)
+    log.info("awq calibration: %s, %d x %d tokens", calib or "default", *windows.shape)
+    results = awq_model(model, windows, cfg, progress=progress)
+    written = write_checkpoint(out, model, cfg.group_size, source_dir=model_dir)
+    alphas = [r["alpha"] for r in results.values()]
+    return {
+        "dir": written["dir"],
+        "linears": written["linears"],
+        "groups": results,
+        "mean_alpha": float(np.mean(alphas)) if alphas else float("nan"),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def run_cli(args: Any) -> int:
+    """``ferroquant quantize HF_DIR -o OUT --method awq [--format awq | --format gguf --type T]``
+    (``--format awq``, the default for this method: an AutoAWQ GEMM checkpoint directory)."""
+    fmt = getattr(args, "format", None) or "awq"
+    if fmt not in ("awq", "gguf"):
+        raise ValueError(
+            f"--method awq writes --format awq (an AutoAWQ checkpoint) or --format gguf "
+            f"--type TYPE, not --format {fmt}"
         )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = AWQConfig(bits=args.bits, group_size=args.group_size)
-    res = quantize_awq(
-        args.input,
-        args.output,
-        args.type,
-        cfg,
+    common = dict(
         calib=args.calib,
         nsamples=args.nsamples,
         seqlen=args.seqlen,
         seed=args.seed,
-        imatrix=args.imatrix,
         progress=not getattr(args, "no_progress", False),
     )
-    print(res["summary"].text())
+    if fmt == "awq":
+        if getattr(args, "imatrix", None):
+            raise ValueError("--imatrix applies to --format gguf, not to an AWQ checkpoint")
+        res = quantize_awq_checkpoint(args.input, args.output, cfg, **common)
+        print(
+            f"{res['dir']}: AWQ checkpoint, {res['linears']} linears ({cfg.bits}-bit, groups "
+            f"of {cfg.group_size}), {res['seconds']:.1f} s"
+        )
+    else:
+        res = quantize_awq(args.input, args.output, args.type, cfg, imatrix=args.imatrix, **common)
+        print(res["summary"].text())
     print(f"awq: {len(res['groups'])} scaling groups, mean alpha {res['mean_alpha']:.3f}")
     return 0
