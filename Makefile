@@ -73,6 +73,11 @@ test: lint cargo-test pytest
 DEMO := build/demo
 MODEL = $$($(PY) fixtures/fetch.py --print-model)
 EVAL_CHUNKS ?= 8
+# the side-by-side comparison that ends the demo (report in build/demo/compare/)
+COMPARE_METHODS ?= rtn,imatrix,gptq,awq,dynamic
+COMPARE_TYPES ?= Q4_K_M,Q4_0
+COMPARE_CHUNKS ?= 4
+COMPARE_NSAMPLES ?= 16
 
 demo: build fixtures calib
 	mkdir -p $(DEMO)
@@ -89,6 +94,9 @@ demo: build fixtures calib
 	done
 	$(PY) -m ferroquant bench $(DEMO)/smollm2-Q4_K_M.gguf
 	$(PY) -m ferroquant run $(DEMO)/smollm2-Q4_K_M.gguf --chat -n 48 -p "What is quantization of a neural network?"
+	$(PY) -m ferroquant compare $(DEMO)/smollm2-hf --methods $(COMPARE_METHODS) \
+		--types $(COMPARE_TYPES) --chunks $(COMPARE_CHUNKS) --nsamples $(COMPARE_NSAMPLES) \
+		--out $(DEMO)/compare
 
 bench: build fixtures
 	$(PY) benches/bench_quants.py --out benches/results

@@ -182,7 +182,9 @@ def test_dynamic_gets_the_uniform_size(tiny: Path, tmp_path: Path, monkeypatch: 
 
         calls.append(kw)
         convert(model_dir, out_gguf, "Q4_0", progress=False)  # a stand-in at or below target
-        return {"chosen": {"blk.0.attn_q.weight": "Q4_0"}, "output": out_gguf}
+        side = out_gguf[: -len(".gguf")] + ".dynamic.json"  # its own report, named after OUT
+        Path(side).write_text("{}")
+        return {"types": {"blk.0.attn_q.weight": "Q4_0"}, "report_json": side}
 
     fake = types.ModuleType("ferroquant.dynamic")
     fake.quantize_dynamic = quantize_dynamic  # type: ignore[attr-defined]
@@ -198,6 +200,9 @@ def test_dynamic_gets_the_uniform_size(tiny: Path, tmp_path: Path, monkeypatch: 
     assert by["dynamic-Q4_K_M"].target_bytes == by["rtn-Q4_K_M"].size_bytes
     assert calls[0]["cache_dir"] and calls[0]["calib"]
     assert "within the target" in (tmp_path / "report.md").read_text()
+    side = tmp_path / "models" / "dynamic-Q4_K_M.dynamic.json"
+    assert side.is_file() and by["dynamic-Q4_K_M"].info["report_json"] == str(side)
+    _no_temp_files(tmp_path)
 
 
 def test_interrupt_leaves_no_partial_file(tiny: Path, tmp_path: Path, monkeypatch: Any) -> None:

@@ -267,14 +267,18 @@ def _atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path next to ``path`` (same suffix) renamed onto it if the block succeeds;
     removed (with any sibling the writer made from it) otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    stem = f".{path.stem}.tmp-{os.getpid()}"
+    tmp = path.with_name(stem + path.suffix)
     try:
         yield tmp
         if not tmp.exists():
             raise CompareError(f"{path}: the quantizer wrote no file")
         os.replace(tmp, path)
+        # side files the writer named after its output (OUT.dynamic.json, ...) follow it
+        for p in list(path.parent.iterdir()):
+            if p.name.startswith(stem + ".") and p.is_file():
+                os.replace(p, path.with_name(path.stem + p.name[len(stem) :]))
     finally:
-        stem = f".{path.stem}.tmp-{os.getpid()}"
         for p in path.parent.iterdir():
             if stem not in p.name:
                 continue
@@ -335,12 +339,12 @@ def machine(threads: int) -> dict[str, Any]:
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """config.json's bytes and each weight file's name, size and mtime."""
-    h = hashlib.sha256((model_dir / "config.json").read_bytes())
+    """The content of the checkpoint (config, weights, tokenizer files): a re-export of the
+    same weights keeps its cache, any changed byte invalidates it."""
+    h = hashlib.sha256()
     for f in sorted(model_dir.iterdir()):
         if f.suffix in (".safetensors", ".json", ".model") and f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{f.name}:{_sha256_file(f)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -727,7 +731,12 @@ class _Comparison:
             info = _jsonable(summary)
             if not isinstance(info, dict):
                 info = {"summary": info}
-            info.pop("output", None)
+            for k in ("out_path", "output", "types", "tensors"):  # in its own report
+                info.pop(k, None)
+            final = self.models / f"dynamic-{type_name}.gguf"
+            for k in ("report_json", "report_md"):
+                if isinstance(info.get(k), str):
+                    info[k] = str(final.with_name(final.stem + Path(info[k]).name[len(tmp.stem) :]))
             return info
 
         return build
