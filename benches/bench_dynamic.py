@@ -22,7 +22,7 @@ or ``--model``):
    predicted (summed) KL against the measured one.
 
     python benches/bench_dynamic.py [--model DIR] [--chunks 8] [--windows 16] [--sens-seqlen 256] [--pairs 24]
-        [--curve 4.5,4.8,5.1] [--llama-quantize BIN] [--work DIR] [--out benches/results]
+        [--curve 4.4,4.8,5.2] [--llama-quantize BIN] [--work DIR] [--out benches/results]
 
 Writes ``bench_dynamic.json`` and ``bench_dynamic.md`` into --out.
 """
@@ -47,38 +47,54 @@ PRESETS = ("Q3_K_M", "Q4_K_M", "Q5_K_M")
 
 
 class CachedRef:
-    """The reference model's logits per window, computed once (only the scored half kept)."""
+    """The reference model's logits per window, computed once and kept on disk (only the
+    scored second half; the first half is zeros, which the evaluator never reads)."""
 
-    def __init__(self, model: Any, ctx: int) -> None:
+    def __init__(self, model: Any, ctx: int, store: Path) -> None:
         self.model = model
         self.ctx = ctx
         self.n_vocab = model.n_vocab
-        self.cache: dict[tuple[int, ...], np.ndarray] = {}
+        self.store = store
+        store.mkdir(parents=True, exist_ok=True)
 
     def logits(self, tokens: list[int]) -> np.ndarray:
-        key = tuple(int(t) for t in tokens)
-        out = self.cache.get(key)
-        if out is None:
+        import hashlib
+
+        key = hashlib.sha256(np.asarray(tokens, dtype=np.int64).tobytes()).hexdigest()[:20]
+        path = self.store / f"{key}.npy"
+        half = self.ctx // 2
+        if path.is_file():
+            scored = np.load(path)
+        else:
             full = np.asarray(self.model.logits(tokens), dtype=np.float32)
-            half = self.ctx // 2
-            out = np.zeros_like(full)
-            out[half:] = full[half:]
-            self.cache[key] = out
+            scored = full[half:]
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.npy")
+            np.save(tmp, scored)
+            tmp.replace(path)
+        out = np.zeros((len(tokens), scored.shape[1]), dtype=np.float32)
+        out[half:] = scored
         return out
 
 
 def _eval(path: Path, text: str, ref: CachedRef, args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate one GGUF (cached next to it by file size, mtime and settings)."""
     from ferroquant.eval import evaluate
     from ferroquant.runtime import Model
 
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, args.chunks, args.ctx]
+    cache = path.with_name(path.name + f".eval-{args.chunks}x{args.ctx}.json")
+    if cache.is_file():
+        got = json.loads(cache.read_text())
+        if got.get("stamp") == stamp:
+            return got["result"]
     t0 = time.perf_counter()
     m = Model.load(path, n_ctx=args.ctx)
     r = evaluate(m, text, ctx=args.ctx, n_chunks=args.chunks, ref=ref, progress=False)
     del m
-    size = path.stat().st_size
-    return {
+    res = {
         "file": path.name,
-        "bytes": size,
+        "bytes": st.st_size,
         "kld": r["kld"],
         "ppl": r["ppl"],
         "top1": r["top1"],
@@ -86,6 +102,13 @@ def _eval(path: Path, text: str, ref: CachedRef, args: argparse.Namespace) -> di
         "tokens": r["tokens"],
         "eval_s": time.perf_counter() - t0,
     }
+    cache.write_text(json.dumps({"stamp": stamp, "result": res}))
+    print(
+        f"  eval {path.name}: KL {res['kld']:.5f} ppl {res['ppl']:.3f} "
+        f"top-1 {res['top1']:.4f} ({res['eval_s']:.0f} s)",
+        flush=True,
+    )
+    return res
 
 
 def _proxy_check(
@@ -151,11 +174,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--windows", type=int, default=16, help="sensitivity windows")
     ap.add_argument("--sens-seqlen", type=int, default=256, help="tokens per sensitivity window")
     ap.add_argument("--calib", default="wikitext-tail")
-    ap.add_argument("--curve", default="4.5,4.8,5.1", help="extra budgets, bits per weight")
+    ap.add_argument("--curve", default="4.4,4.8,5.2", help="extra budgets, bits per weight")
     ap.add_argument("--pairs", type=int, default=24, help="proxy check pairs (0: skip)")
     ap.add_argument("--kl-windows", type=int, default=2)
     ap.add_argument("--llama-quantize", help="llama.cpp's llama-quantize binary (optional)")
     ap.add_argument("--presets", default=",".join(PRESETS))
+    ap.add_argument(
+        "--stage",
+        default="all",
+        choices=("all", "uniform", "imatrix", "dynamic", "proxy", "curve"),
+        help="run one part only (results are cached in --work; a later 'all' collects them)",
+    )
     args = ap.parse_args(argv)
 
     from ferroquant.convert import convert
@@ -173,12 +202,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     ref_path = work / "ref-F32.gguf"
     if not ref_path.is_file():
         convert(model_dir, ref_path, "F32", progress=False)
-    ref = CachedRef(Model.load(ref_path, n_ctx=args.ctx), args.ctx)
-    n_weights = None
+    ref = CachedRef(Model.load(ref_path, n_ctx=args.ctx), args.ctx, work / f"ref-logits-{args.ctx}")
+    from ferroquant.dynamic import _Model
+
+    probe = _Model(model_dir)
+    n_weights = probe.n_weights
+    probe.close()
     results: dict[str, Any] = {"budgets": [], "curve": []}
 
     def dyn(name: str, **target: Any) -> Any:
+        """quantize_dynamic, or the file already made for this budget (its report)."""
+        from ferroquant.dynamic import DynamicSummary, report_paths
+
         out = work / f"{name}.gguf"
+        jpath, _ = report_paths(out)
+        if jpath.is_file() and out.is_file():
+            d = json.loads(jpath.read_text())
+            want = target.get("target_size") or int(
+                float(target["target_bpw"]) * int(d["n_weights"]) / 8
+            )
+            if d["target_bytes"] == want and d["n_bytes"] == out.stat().st_size:
+                for k in ("out_path", "report_json", "report_md"):
+                    d[k] = Path(d[k]) if d[k] else None
+                return DynamicSummary(**d)
+        if args.stage not in ("all", "dynamic", "curve"):
+            return None
         t0 = time.perf_counter()
         s = quantize_dynamic(
             model_dir, out, calib=args.calib, cache_dir=str(cache), progress=False,
@@ -191,6 +239,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     summaries = {}
 
     def save(final: bool = False) -> None:
+        if args.stage != "all":
+            return
         results["settings"] = {
             "model": str(model_dir),
             "n_weights": n_weights,
@@ -217,23 +267,31 @@ def main(argv: Optional[list[str]] = None) -> int:
         if final:
             print((out / "bench_dynamic.md").read_text())
 
+    def want(stage: str) -> bool:
+        return args.stage in ("all", stage)
+
     for preset in args.presets.split(","):
         p_path = work / f"{preset}.gguf"
         if not p_path.is_file():
             convert(model_dir, p_path, preset, progress=False)
         budget = p_path.stat().st_size
-        s = dyn(f"dynamic-{preset}", target_size=budget)
-        summaries[preset] = s
-        n_weights = s.n_weights
-        imat_file = s.imatrix
         entry: dict[str, Any] = {"preset": preset, "budget_bytes": budget}
-        entry["uniform"] = _eval(p_path, text, ref, args)
+        if want("uniform"):
+            entry["uniform"] = _eval(p_path, text, ref, args)
+        s = dyn(f"dynamic-{preset}", target_size=budget)
+        if s is not None:
+            summaries[preset] = s
+            imat_file = s.imatrix
+        else:
+            for j in sorted(work.glob("dynamic-*.dynamic.json")):
+                d = json.loads(j.read_text())
+                imat_file = d.get("imatrix")
         pi_path = work / f"{preset}-imatrix.gguf"
         if imat_file and not pi_path.is_file():
             convert(model_dir, pi_path, preset, imatrix=imat_file, progress=False)
-        if imat_file:
+        if imat_file and want("imatrix"):
             entry["imatrix"] = _eval(pi_path, text, ref, args)
-        if args.llama_quantize and imat_file:
+        if args.llama_quantize and imat_file and want("imatrix"):
             lq_path = work / f"{preset}-llama-quantize-imatrix.gguf"
             f16 = work / "ref-F16.gguf"
             if not f16.is_file():
@@ -245,21 +303,30 @@ def main(argv: Optional[list[str]] = None) -> int:
                     capture_output=True,
                 )
             entry["llama_quantize_imatrix"] = _eval(lq_path, text, ref, args)
-        entry["dynamic"] = _eval(s.out_path, text, ref, args)
-        entry["dynamic"]["predicted_kld"] = s.predicted_kld
-        entry["dynamic"]["type_counts"] = s.type_counts
-        entry["dynamic"]["quantize_s"] = s.seconds
+        if want("dynamic") and s is not None:
+            entry["dynamic"] = _eval(s.out_path, text, ref, args)
+            entry["dynamic"]["predicted_kld"] = s.predicted_kld
+            entry["dynamic"]["type_counts"] = s.type_counts
+            entry["dynamic"]["quantize_s"] = s.seconds
         for k in ("uniform", "imatrix", "llama_quantize_imatrix", "dynamic"):
             if k in entry:
                 entry[k]["bpw"] = entry[k]["bytes"] * 8 / n_weights
-        results["budgets"].append(entry)
-        print(json.dumps(entry, indent=1), flush=True)
-        save()
-    if args.pairs > 0 and summaries:
-        s = summaries[next(iter(summaries))]
-        results["proxy"] = _proxy_check(model_dir, s, args, np.random.default_rng(0))
+        if args.stage == "all":
+            results["budgets"].append(entry)
+            print(json.dumps(entry, indent=1), flush=True)
+            save()
+    if args.pairs > 0 and summaries and want("proxy"):
+        pj = work / f"proxy-{args.pairs}x{args.kl_windows}.json"
+        if pj.is_file():
+            results["proxy"] = json.loads(pj.read_text())
+        else:
+            s = summaries[next(iter(summaries))]
+            results["proxy"] = _proxy_check(model_dir, s, args, np.random.default_rng(0))
+            pj.write_text(json.dumps(results["proxy"], indent=1))
         save()
     for bpw in [float(x) for x in args.curve.split(",") if x.strip()]:
+        if not want("curve"):
+            break
         try:
             s = dyn(f"dynamic-{bpw:.2f}bpw", target_bpw=bpw)
         except ValueError as err:
@@ -272,7 +339,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(e), flush=True)
         save()
 
-    save(final=True)
+    if args.stage == "all":
+        save(final=True)
     return 0
 
 
