@@ -1,9 +1,6 @@
 //! `ferroquant._native` quantization functions.
 
-use numpy::{
-    IntoPyArray, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
-    PyUntypedArrayMethods,
-};
+use numpy::{PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -34,12 +31,33 @@ fn quantize<'py>(
         Some(w) => Some(contiguous(w, "imatrix")?),
         None => None,
     };
-    let out = py.detach(|| -> crate::Result<Vec<u8>> {
-        let mut out = vec![0u8; rows * row_bytes];
-        quants::quantize(qtype, src, cols, weights, &mut out)?;
-        Ok(out)
-    })?;
-    out.into_pyarray(py).reshape([rows, row_bytes])
+    let out = empty::<u8>(py, rows, row_bytes)?;
+    {
+        // SAFETY: the array is new, C-contiguous and not yet shared with Python code;
+        // the kernels write every byte before it is returned.
+        let dst = unsafe { out.as_slice_mut() }.expect("a new array is contiguous");
+        py.detach(|| quants::quantize(qtype, src, cols, weights, dst))?;
+    }
+    Ok(out)
+}
+
+/// A new uninitialised C-contiguous array, written straight by the kernels (no zeroing
+/// pass, no copy; numpy's allocator reuses freed buffers and asks for huge pages).
+fn empty<T: numpy::Element>(
+    py: Python<'_>,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'_, PyArray2<T>>> {
+    if rows
+        .checked_mul(cols)
+        .map_or(true, |n| n > isize::MAX as usize / 8)
+    {
+        return Err(PyValueError::new_err(format!(
+            "a {rows} x {cols} result is too large"
+        )));
+    }
+    // SAFETY: the caller writes every element before Python code sees the array.
+    Ok(unsafe { PyArray2::<T>::new(py, [rows, cols], false) })
 }
 
 /// dequantize(data, qtype, rows, cols) -> float32 array (rows, cols)
@@ -53,12 +71,23 @@ fn dequantize<'py>(
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let qtype = QType::from_name(qtype)?;
     let src = contiguous(&data, "data")?;
-    let out = py.detach(|| -> crate::Result<Vec<f32>> {
-        let mut out = vec![0f32; rows * cols];
-        quants::dequantize(qtype, src, cols, &mut out)?;
-        Ok(out)
-    })?;
-    out.into_pyarray(py).reshape([rows, cols])
+    // Check the sizes before allocating: a bad shape must not allocate a huge array.
+    let row_bytes = qtype.row_bytes(cols)?;
+    if rows.checked_mul(row_bytes) != Some(src.len()) {
+        return Err(PyValueError::new_err(format!(
+            "{} bytes given, {rows} rows × {cols} columns of {} need {}",
+            src.len(),
+            qtype.name(),
+            rows.saturating_mul(row_bytes)
+        )));
+    }
+    let out = empty::<f32>(py, rows, cols)?;
+    {
+        // SAFETY: as in `quantize`: a new array, every value written by the kernels.
+        let dst = unsafe { out.as_slice_mut() }.expect("a new array is contiguous");
+        py.detach(|| quants::dequantize(qtype, src, cols, dst))?;
+    }
+    Ok(out)
 }
 
 /// vec_dot(row, qtype, x) -> float: one quantized row times f32 activations.

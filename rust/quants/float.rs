@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::{f16, slice::HalfFloatSliceExt};
 
-use super::legacy::dispatch;
+use super::legacy::{dispatch, plain_dequantizer, plain_quantizer};
 use super::{Block, QType};
 
 #[repr(C)]
@@ -67,6 +67,21 @@ dispatch! {
     }
 }
 
+/// `half`'s slice conversions (F16C eight at a time when the CPU has it; round to
+/// nearest even either way, as numpy and ggml).
+fn quantize_f16(src: &[f32], dst: &mut [BlockF16]) {
+    bytemuck::cast_slice_mut::<BlockF16, f16>(dst).convert_from_f32_slice(src);
+}
+
+fn dequantize_f16(src: &[BlockF16], dst: &mut [f32]) {
+    bytemuck::cast_slice::<BlockF16, f16>(src).convert_to_f32_slice(dst);
+}
+
+plain_quantizer!(f16_row, BlockF16, quantize_f16, quantize_f16);
+plain_quantizer!(bf16_row, BlockBF16, quantize_bf16, quantize_bf16);
+plain_dequantizer!(f16_values, BlockF16, dequantize_f16, dequantize_f16);
+plain_dequantizer!(bf16_values, BlockBF16, dequantize_bf16, dequantize_bf16);
+
 impl Block for BlockF32 {
     const QTYPE: QType = QType::F32;
 
@@ -86,14 +101,16 @@ impl Block for BlockF32 {
 impl Block for BlockF16 {
     const QTYPE: QType = QType::F16;
 
-    /// `half`'s slice conversion: F16C eight at a time when the CPU has it
-    /// (round to nearest even either way, as numpy and ggml).
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        bytemuck::cast_slice_mut::<Self, f16>(dst).convert_from_f32_slice(src);
+        f16_row(src, dst, false);
+    }
+
+    fn quantize_row_checked(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) -> bool {
+        f16_row(src, dst, true)
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        bytemuck::cast_slice::<Self, f16>(src).convert_to_f32_slice(dst);
+        f16_values(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -105,11 +122,15 @@ impl Block for BlockBF16 {
     const QTYPE: QType = QType::BF16;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        quantize_bf16(src, dst);
+        bf16_row(src, dst, false);
+    }
+
+    fn quantize_row_checked(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) -> bool {
+        bf16_row(src, dst, true)
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        dequantize_bf16(src, dst);
+        bf16_values(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -120,6 +141,7 @@ impl Block for BlockBF16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quants::legacy::FORCE_LEVEL;
 
     #[test]
     fn bf16_rounds_to_nearest_even_and_quiets_nan() {
@@ -174,15 +196,20 @@ mod tests {
     #[test]
     fn bf16_rows_match_the_reference_on_both_paths() {
         let x = bit_patterns();
-        for portable in [false, true] {
-            crate::quants::legacy::FORCE_PORTABLE.with(|c| c.set(portable));
+        for path in crate::quants::legacy::all_levels() {
+            FORCE_LEVEL.with(|c| c.set(Some(path)));
             let mut q = vec![BlockBF16::zeroed(); x.len()];
             BlockBF16::quantize_row(&x, &mut q, None);
             let mut y = vec![0f32; x.len()];
             BlockBF16::dequantize_row(&q, &mut y);
-            crate::quants::legacy::FORCE_PORTABLE.with(|c| c.set(false));
+            FORCE_LEVEL.with(|c| c.set(None));
             for ((v, b), y) in x.iter().zip(&q).zip(&y) {
-                assert_eq!(b.bits, bf16_reference(*v), "{v:e} ({:#x})", v.to_bits());
+                assert_eq!(
+                    b.bits,
+                    bf16_reference(*v),
+                    "{v:e} ({:#x}) {path:?}",
+                    v.to_bits()
+                );
                 assert_eq!(y.to_bits(), (b.bits as u32) << 16);
             }
         }
@@ -191,23 +218,58 @@ mod tests {
     #[test]
     fn f16_rows_match_scalar_conversion() {
         let x = bit_patterns();
-        let mut q = vec![BlockF16::zeroed(); x.len()];
-        BlockF16::quantize_row(&x, &mut q, None);
-        let mut y = vec![0f32; x.len()];
-        BlockF16::dequantize_row(&q, &mut y);
-        for ((v, b), y) in x.iter().zip(&q).zip(&y) {
-            let want = f16::from_f32(*v);
-            if v.is_nan() {
-                assert!(b.value.is_nan() && y.is_nan());
-                continue;
+        for path in crate::quants::legacy::all_levels() {
+            FORCE_LEVEL.with(|c| c.set(Some(path)));
+            let mut q = vec![BlockF16::zeroed(); x.len()];
+            BlockF16::quantize_row(&x, &mut q, None);
+            let mut y = vec![0f32; x.len()];
+            BlockF16::dequantize_row(&q, &mut y);
+            FORCE_LEVEL.with(|c| c.set(None));
+            for ((v, b), y) in x.iter().zip(&q).zip(&y) {
+                let want = f16::from_f32(*v);
+                if v.is_nan() {
+                    assert!(b.value.is_nan() && y.is_nan());
+                    continue;
+                }
+                assert_eq!(
+                    b.value.to_bits(),
+                    want.to_bits(),
+                    "{v:e} ({:#x}) {path:?}",
+                    v.to_bits()
+                );
+                assert_eq!(y.to_bits(), want.to_f32().to_bits());
             }
-            assert_eq!(
-                b.value.to_bits(),
-                want.to_bits(),
-                "{v:e} ({:#x})",
-                v.to_bits()
-            );
-            assert_eq!(y.to_bits(), want.to_f32().to_bits());
+        }
+    }
+
+    /// The checked quantizers flag a NaN or an infinity anywhere in a row (the tail
+    /// lanes too) and accept the largest finite values.
+    #[test]
+    fn checked_rows_flag_non_finite_values() {
+        for path in crate::quants::legacy::all_levels() {
+            FORCE_LEVEL.with(|c| c.set(Some(path)));
+            for n in [1usize, 15, 16, 17, 40] {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    for at in [0, n / 2, n - 1] {
+                        let mut x = vec![f32::MAX; n];
+                        x[0] = f32::MIN;
+                        let (mut h, mut b) =
+                            (vec![BlockF16::zeroed(); n], vec![BlockBF16::zeroed(); n]);
+                        assert!(BlockF16::quantize_row_checked(&x, &mut h, None));
+                        assert!(BlockBF16::quantize_row_checked(&x, &mut b, None));
+                        x[at] = bad;
+                        assert!(
+                            !BlockF16::quantize_row_checked(&x, &mut h, None),
+                            "{path:?} {n} {at}"
+                        );
+                        assert!(
+                            !BlockBF16::quantize_row_checked(&x, &mut b, None),
+                            "{path:?} {n} {at}"
+                        );
+                    }
+                }
+            }
+            FORCE_LEVEL.with(|c| c.set(None));
         }
     }
 }

@@ -15,6 +15,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
+use super::legacy::dispatch;
 use super::search::{
     make_q3_quants_lanes, make_qkx_quants_lanes, make_qp_quants, make_qx_quants,
     make_qx_quants_lanes, nearest_int, GROUP_MAX_EPS,
@@ -428,6 +429,32 @@ fn q3_code(b: &BlockQ3K, i: usize) -> i8 {
     low - (((high ^ 1) << 2) as i8)
 }
 
+dispatch! {
+    /// `dl * q3_code` a run of 32 weights at a time (fixed shifts per run, so the
+    /// loops vectorize).
+    fn dequantize_q3k(src: &[BlockQ3K], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            let d = b.d.to_f32();
+            let dl: [f32; 16] = std::array::from_fn(|j| d * q3_scale(j, &b.scales) as f32);
+            for (r, ys) in y.chunks_exact_mut(32).enumerate() {
+                let (g, s) = (r / 4, r % 4);
+                let q: &[u8; 32] = b.qs[32 * g..32 * g + 32].try_into().expect("32 bytes");
+                let mut codes = [0i8; 32];
+                for l in 0..32 {
+                    let low = ((q[l] >> (2 * s)) & 3) as i8;
+                    let high = (b.hmask[l] >> r) & 1;
+                    codes[l] = low - (((high ^ 1) << 2) as i8);
+                }
+                let (d0, d1) = (dl[2 * r], dl[2 * r + 1]);
+                for l in 0..16 {
+                    ys[l] = d0 * codes[l] as f32;
+                    ys[16 + l] = d1 * codes[16 + l] as f32;
+                }
+            }
+        }
+    }
+}
+
 impl Block for BlockQ3K {
     const QTYPE: QType = QType::Q3_K;
 
@@ -438,15 +465,7 @@ impl Block for BlockQ3K {
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
-            let d = b.d.to_f32();
-            for (j, ys) in y.chunks_exact_mut(16).enumerate() {
-                let dl = d * q3_scale(j, &b.scales) as f32;
-                for (l, v) in ys.iter_mut().enumerate() {
-                    *v = dl * q3_code(b, 16 * j + l) as f32;
-                }
-            }
-        }
+        dequantize_q3k(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -610,6 +629,25 @@ fn q5_code(b: &BlockQ5K, i: usize) -> u8 {
     low | (high << 4)
 }
 
+dispatch! {
+    /// `dl * q5_code - ml` a sub-block of 32 weights at a time.
+    fn dequantize_q5k(src: &[BlockQ5K], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            for (j, ys) in y.chunks_exact_mut(32).enumerate() {
+                let (g, h) = (j / 2, j % 2);
+                let q: &[u8; 32] = b.qs[32 * g..32 * g + 32].try_into().expect("32 bytes");
+                let (sc, m) = scale_min_k4(j, &b.scales);
+                let (dl, ml) = (d * sc as f32, dmin * m as f32);
+                for l in 0..32 {
+                    let c = ((q[l] >> (4 * h)) & 0xF) | (((b.qh[l] >> j) & 1) << 4);
+                    ys[l] = dl * c as f32 - ml;
+                }
+            }
+        }
+    }
+}
+
 impl Block for BlockQ5K {
     const QTYPE: QType = QType::Q5_K;
 
@@ -632,16 +670,7 @@ impl Block for BlockQ5K {
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
-            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
-            for (j, ys) in y.chunks_exact_mut(32).enumerate() {
-                let (sc, m) = scale_min_k4(j, &b.scales);
-                let (dl, ml) = (d * sc as f32, dmin * m as f32);
-                for (l, v) in ys.iter_mut().enumerate() {
-                    *v = dl * q5_code(b, 32 * j + l) as f32 - ml;
-                }
-            }
-        }
+        dequantize_q5k(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -705,6 +734,32 @@ fn q6_code(b: &BlockQ6K, i: usize) -> i8 {
     ((low | (high << 4)) as i8) - 32
 }
 
+dispatch! {
+    /// `dl * q6_code` a run of 32 weights at a time.
+    fn dequantize_q6k(src: &[BlockQ6K], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            let d = b.d.to_f32();
+            for (r, ys) in y.chunks_exact_mut(32).enumerate() {
+                let (g, s) = (r / 4, r % 4);
+                let at = 64 * g + 32 * (s & 1);
+                let ql: &[u8; 32] = b.ql[at..at + 32].try_into().expect("32 bytes");
+                let qh: &[u8; 32] = b.qh[32 * g..32 * g + 32].try_into().expect("32 bytes");
+                let mut codes = [0i8; 32];
+                for l in 0..32 {
+                    let low = (ql[l] >> (4 * (s >> 1))) & 0xF;
+                    let high = (qh[l] >> (2 * s)) & 3;
+                    codes[l] = ((low | (high << 4)) as i8) - 32;
+                }
+                let (d0, d1) = (d * b.scales[2 * r] as f32, d * b.scales[2 * r + 1] as f32);
+                for l in 0..16 {
+                    ys[l] = d0 * codes[l] as f32;
+                    ys[16 + l] = d1 * codes[16 + l] as f32;
+                }
+            }
+        }
+    }
+}
+
 impl Block for BlockQ6K {
     const QTYPE: QType = QType::Q6_K;
 
@@ -719,15 +774,7 @@ impl Block for BlockQ6K {
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
-            let d = b.d.to_f32();
-            for (j, ys) in y.chunks_exact_mut(16).enumerate() {
-                let dl = d * b.scales[j] as f32;
-                for (l, v) in ys.iter_mut().enumerate() {
-                    *v = dl * q6_code(b, 16 * j + l) as f32;
-                }
-            }
-        }
+        dequantize_q6k(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -814,6 +861,73 @@ mod tests {
             "{}",
             B::QTYPE.name()
         );
+    }
+
+    /// The run-at-a-time dequantizers give, bit for bit, the per-weight formulas
+    /// (`q3_code`, `q5_code`, `q6_code` with their scales) on random blocks, on every path.
+    #[test]
+    fn dequantizers_match_the_per_weight_formulas() {
+        let mut s = 0x51f1_5eed_1234_5678u64;
+        let mut bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    (s >> 56) as u8
+                })
+                .collect()
+        };
+        let finite = |h: &mut f16| *h = f16::from_bits(h.to_bits() & 0xbfff);
+        let mut q3: Vec<BlockQ3K> = bytemuck::pod_collect_to_vec(&bytes(110 * 8));
+        let mut q5: Vec<BlockQ5K> = bytemuck::pod_collect_to_vec(&bytes(176 * 8));
+        let mut q6: Vec<BlockQ6K> = bytemuck::pod_collect_to_vec(&bytes(210 * 8));
+        q3.iter_mut().for_each(|b| finite(&mut b.d));
+        q5.iter_mut().for_each(|b| {
+            finite(&mut b.d);
+            finite(&mut b.dmin)
+        });
+        q6.iter_mut().for_each(|b| finite(&mut b.d));
+        let want3: Vec<u32> = q3
+            .iter()
+            .flat_map(|b| {
+                (0..QK_K).map(move |i| {
+                    let dl = b.d.to_f32() * q3_scale(i / 16, &b.scales) as f32;
+                    (dl * q3_code(b, i) as f32).to_bits()
+                })
+            })
+            .collect();
+        let want5: Vec<u32> = q5
+            .iter()
+            .flat_map(|b| {
+                (0..QK_K).map(move |i| {
+                    let (sc, m) = scale_min_k4(i / 32, &b.scales);
+                    let (dl, ml) = (b.d.to_f32() * sc as f32, b.dmin.to_f32() * m as f32);
+                    (dl * q5_code(b, i) as f32 - ml).to_bits()
+                })
+            })
+            .collect();
+        let want6: Vec<u32> = q6
+            .iter()
+            .flat_map(|b| {
+                (0..QK_K).map(move |i| {
+                    let dl = b.d.to_f32() * b.scales[i / 16] as f32;
+                    (dl * q6_code(b, i) as f32).to_bits()
+                })
+            })
+            .collect();
+        for path in crate::quants::legacy::all_levels() {
+            crate::quants::legacy::FORCE_LEVEL.with(|c| c.set(Some(path)));
+            let mut y = vec![0f32; 8 * QK_K];
+            let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            BlockQ3K::dequantize_row(&q3, &mut y);
+            assert_eq!(bits(&y), want3, "Q3_K {path:?}");
+            BlockQ5K::dequantize_row(&q5, &mut y);
+            assert_eq!(bits(&y), want5, "Q5_K {path:?}");
+            BlockQ6K::dequantize_row(&q6, &mut y);
+            assert_eq!(bits(&y), want6, "Q6_K {path:?}");
+            crate::quants::legacy::FORCE_LEVEL.with(|c| c.set(None));
+        }
     }
 
     #[test]

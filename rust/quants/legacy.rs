@@ -79,17 +79,115 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
-/// AVX2 + FMA + F16C, detected once (std caches the CPUID result).
+/// The widest kernels the CPU can run: explicit AVX-512 (F, BW, VL with F16C), the
+/// AVX2 + FMA + F16C build of the portable loops, or the portable loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// Detected once (std caches the CPUID result); tests may cap it lower.
+#[inline]
+pub(crate) fn level() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    let detected = if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        Level::Avx512
+    } else if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        Level::Avx2
+    } else {
+        Level::Portable
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let detected = Level::Portable;
+    #[cfg(test)]
+    if let Some(cap) = FORCE_LEVEL.with(|c| c.get()) {
+        return detected.min(cap);
+    }
+    detected
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn has_avx2() -> bool {
-    #[cfg(test)]
-    if FORCE_PORTABLE.with(|c| c.get()) {
-        return false;
-    }
-    std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
+    level() >= Level::Avx2
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    level() == Level::Avx512
+}
+
+/// `fn $name(src, dst, check: bool) -> bool`: the unweighted quantizer on the widest
+/// path. With `check`, it returns false when `src` holds a non-finite value (the
+/// AVX-512 kernels check in their own pass; the others look first).
+macro_rules! plain_quantizer {
+    ($name:ident, $B:ty, $avx512:ident, $fallback:path) => {
+        pub(crate) fn $name(src: &[f32], dst: &mut [$B], check: bool) -> bool {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::quants::legacy::has_avx512() {
+                // SAFETY: the CPU has AVX-512 F/BW/VL and F16C.
+                return unsafe { $crate::quants::avx512::$avx512(src, dst) } || !check;
+            }
+            if check && !$crate::quants::all_finite(src) {
+                return false;
+            }
+            $fallback(src, dst);
+            true
+        }
+    };
+}
+pub(crate) use plain_quantizer;
+
+/// `fn $name(src, dst)`: the dequantizer on the widest path.
+macro_rules! plain_dequantizer {
+    ($name:ident, $B:ty, $avx512:ident, $fallback:path) => {
+        pub(crate) fn $name(src: &[$B], dst: &mut [f32]) {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::quants::legacy::has_avx512() {
+                // SAFETY: the CPU has AVX-512 F/BW/VL and F16C.
+                return unsafe { $crate::quants::avx512::$avx512(src, dst) };
+            }
+            $fallback(src, dst)
+        }
+    };
+}
+pub(crate) use plain_dequantizer;
+
+plain_quantizer!(q4_0_row, BlockQ4_0, quantize_q4_0, quantize_q4_0);
+plain_quantizer!(q4_1_row, BlockQ4_1, quantize_q4_1, quantize_q4_1);
+plain_quantizer!(q5_0_row, BlockQ5_0, quantize_q5_0, quantize_q5_0);
+plain_quantizer!(q5_1_row, BlockQ5_1, quantize_q5_1, quantize_q5_1);
+plain_quantizer!(q8_0_row, BlockQ8_0, quantize_q8_0, quantize_q8_0);
+plain_dequantizer!(q4_0_values, BlockQ4_0, dequantize_q4_0, dequantize_q4_0);
+plain_dequantizer!(q4_1_values, BlockQ4_1, dequantize_q4_1, dequantize_q4_1);
+plain_dequantizer!(q5_0_values, BlockQ5_0, dequantize_q5_0, dequantize_q5_0);
+plain_dequantizer!(q5_1_values, BlockQ5_1, dequantize_q5_1, dequantize_q5_1);
+plain_dequantizer!(q8_0_values, BlockQ8_0, dequantize_q8_0, dequantize_q8_0);
+
+/// `quantize_row_checked` of the legacy types: the fused kernel without an imatrix.
+macro_rules! checked_row {
+    ($plain:ident) => {
+        fn quantize_row_checked(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) -> bool {
+            if imatrix.is_none() {
+                return $plain(src, dst, true);
+            }
+            if !super::all_finite(src) {
+                return false;
+            }
+            Self::quantize_row(src, dst, imatrix);
+            true
+        }
+    };
 }
 
 type Weights = [f32; 32];
@@ -471,7 +569,8 @@ impl Block for BlockQ4_0 {
 
     fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
         let Some(qw) = imatrix else {
-            return quantize_q4_0(src, dst);
+            q4_0_row(src, dst, false);
+            return;
         };
         for (block, (d, q)) in dst.iter_mut().zip(weighted_symmetric(src, qw, 8)) {
             block.d = f16::from_f32(d);
@@ -479,8 +578,10 @@ impl Block for BlockQ4_0 {
         }
     }
 
+    checked_row!(q4_0_row);
+
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        dequantize_q4_0(src, dst);
+        q4_0_values(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -499,7 +600,8 @@ impl Block for BlockQ4_1 {
 
     fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
         let Some(qw) = imatrix else {
-            return quantize_q4_1(src, dst);
+            q4_1_row(src, dst, false);
+            return;
         };
         for (block, (d, m, q)) in dst.iter_mut().zip(weighted_affine(src, qw, 15)) {
             block.d = f16::from_f32(d);
@@ -508,8 +610,10 @@ impl Block for BlockQ4_1 {
         }
     }
 
+    checked_row!(q4_1_row);
+
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        dequantize_q4_1(src, dst);
+        q4_1_values(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -529,7 +633,8 @@ impl Block for BlockQ5_0 {
 
     fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
         let Some(qw) = imatrix else {
-            return quantize_q5_0(src, dst);
+            q5_0_row(src, dst, false);
+            return;
         };
         for (block, (d, q)) in dst.iter_mut().zip(weighted_symmetric(src, qw, 16)) {
             block.d = f16::from_f32(d);
@@ -538,8 +643,10 @@ impl Block for BlockQ5_0 {
         }
     }
 
+    checked_row!(q5_0_row);
+
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        dequantize_q5_0(src, dst);
+        q5_0_values(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -559,7 +666,8 @@ impl Block for BlockQ5_1 {
 
     fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
         let Some(qw) = imatrix else {
-            return quantize_q5_1(src, dst);
+            q5_1_row(src, dst, false);
+            return;
         };
         for (block, (d, m, q)) in dst.iter_mut().zip(weighted_affine(src, qw, 31)) {
             block.d = f16::from_f32(d);
@@ -569,8 +677,10 @@ impl Block for BlockQ5_1 {
         }
     }
 
+    checked_row!(q5_1_row);
+
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        dequantize_q5_1(src, dst);
+        q5_1_values(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -589,11 +699,13 @@ impl Block for BlockQ8_0 {
     const QTYPE: QType = QType::Q8_0;
 
     fn quantize_row(src: &[f32], dst: &mut [Self], _imatrix: Option<&[f32]>) {
-        quantize_q8_0(src, dst);
+        q8_0_row(src, dst, false);
     }
 
+    checked_row!(q8_0_row);
+
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        dequantize_q8_0(src, dst);
+        q8_0_values(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -614,8 +726,20 @@ impl Block for BlockQ8_0 {
 
 #[cfg(test)]
 thread_local! {
-    /// Tests set this to run the portable path on a machine with AVX2.
-    pub(crate) static FORCE_PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Tests set this to run the narrower paths on a machine with wider ones.
+    pub(crate) static FORCE_LEVEL: std::cell::Cell<Option<Level>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Every path this machine can run, widest first (for the tests).
+#[cfg(test)]
+pub(crate) fn all_levels() -> Vec<Level> {
+    FORCE_LEVEL.with(|c| c.set(None));
+    let top = level();
+    [Level::Avx512, Level::Avx2, Level::Portable]
+        .into_iter()
+        .filter(|l| *l <= top)
+        .collect()
 }
 
 #[cfg(test)]
@@ -800,10 +924,10 @@ mod tests {
         out
     }
 
-    fn with_path<T>(portable: bool, f: impl FnOnce() -> T) -> T {
-        FORCE_PORTABLE.with(|c| c.set(portable));
+    fn with_path<T>(level: Level, f: impl FnOnce() -> T) -> T {
+        FORCE_LEVEL.with(|c| c.set(Some(level)));
         let out = f();
-        FORCE_PORTABLE.with(|c| c.set(false));
+        FORCE_LEVEL.with(|c| c.set(None));
         out
     }
 
@@ -851,14 +975,14 @@ mod tests {
                 .chunks_exact(32)
                 .flat_map(|b| reference::quantize(qtype, b))
                 .collect();
-            for portable in [false, true] {
+            for portable in all_levels() {
                 let got = with_path(portable, || kernel_quantize(qtype, &x));
                 for (i, (g, w)) in got
                     .chunks_exact(qtype.type_size())
                     .zip(want.chunks_exact(qtype.type_size()))
                     .enumerate()
                 {
-                    assert_eq!(g, w, "{} block {i} portable={portable}", qtype.name());
+                    assert_eq!(g, w, "{} block {i} path={portable:?}", qtype.name());
                 }
                 let want_y: Vec<u32> = want
                     .chunks_exact(qtype.type_size())
@@ -872,9 +996,45 @@ mod tests {
                 assert_eq!(
                     got_y,
                     want_y,
-                    "{} dequantize portable={portable}",
+                    "{} dequantize path={portable:?}",
                     qtype.name()
                 );
+            }
+        }
+    }
+
+    /// The checked quantizers give the unchecked bytes on finite rows and flag a NaN
+    /// or an infinity in any block and lane, on every path.
+    #[test]
+    fn checked_rows_flag_non_finite_values() {
+        fn run<B: Block>(x: &[f32]) -> (bool, Vec<u8>) {
+            let mut blocks = vec![B::zeroed(); x.len() / 32];
+            let ok = B::quantize_row_checked(x, &mut blocks, None);
+            (ok, bytemuck::cast_slice(&blocks).to_vec())
+        }
+        fn check(qtype: QType, x: &[f32]) -> (bool, Vec<u8>) {
+            match qtype {
+                QType::Q4_0 => run::<BlockQ4_0>(x),
+                QType::Q4_1 => run::<BlockQ4_1>(x),
+                QType::Q5_0 => run::<BlockQ5_0>(x),
+                QType::Q5_1 => run::<BlockQ5_1>(x),
+                _ => run::<BlockQ8_0>(x),
+            }
+        }
+        let x: Vec<f32> = test_blocks().into_iter().take(32 * 8).collect();
+        for qtype in LEGACY {
+            for path in all_levels() {
+                let (ok, got) = with_path(path, || check(qtype, &x));
+                assert!(ok, "{} {path:?}", qtype.name());
+                assert_eq!(got, with_path(path, || kernel_quantize(qtype, &x)));
+                for bad in [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    for at in [0, 5, 16, 31, 32 * 7 + 17, 32 * 8 - 1] {
+                        let mut y = x.clone();
+                        y[at] = bad;
+                        let (ok, _) = with_path(path, || check(qtype, &y));
+                        assert!(!ok, "{} {path:?} {bad} at {at}", qtype.name());
+                    }
+                }
             }
         }
     }
@@ -897,7 +1057,7 @@ mod tests {
                 .flat_map(|b| reference::dequantize(qtype, b))
                 .map(f32::to_bits)
                 .collect();
-            for portable in [false, true] {
+            for portable in all_levels() {
                 let got: Vec<u32> = with_path(portable, || kernel_dequantize(qtype, &bytes[..n]))
                     .into_iter()
                     .map(f32::to_bits)

@@ -5,6 +5,8 @@
 //! The row-level entry points here check shapes and values once, then run the
 //! family kernels over rows in parallel with rayon.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod float;
 pub mod iq4;
 pub mod k_quants;
@@ -30,6 +32,18 @@ pub trait Block: Pod + Send + Sync {
     /// holds one importance weight per column of the row (llama.cpp's
     /// `quant_weights`); types whose search does not use it ignore it.
     fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>);
+
+    /// [`Block::quantize_row`] for input not yet checked: returns false, leaving `dst`
+    /// unspecified, when `src` holds a NaN or an infinity. The default checks the row
+    /// first (it is then in L1 for the quantizer); the fast kernels fuse the check into
+    /// their pass over the values.
+    fn quantize_row_checked(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) -> bool {
+        if !all_finite(src) {
+            return false;
+        }
+        Self::quantize_row(src, dst, imatrix);
+        true
+    }
 
     /// Dequantize one row; `dst.len() == src.len() * BLOCK_SIZE`.
     fn dequantize_row(src: &[Self], dst: &mut [f32]);
@@ -130,14 +144,19 @@ fn rows_per_task(cols: usize) -> usize {
     (1 << 16).max(cols).div_euclid(cols.max(1)).max(1)
 }
 
-/// Index of the first non-finite value of `chunk`, if any (a branch-free pass first: the
-/// common case is all finite).
-fn first_non_finite(chunk: &[f32]) -> Option<usize> {
-    if chunk.iter().fold(true, |ok, v| ok & v.is_finite()) {
-        None
-    } else {
-        chunk.iter().position(|v| !v.is_finite())
+/// Whether every value is finite: the largest magnitude's bits (as integers) stay below
+/// the infinity's (branch-free, so it vectorizes).
+#[inline]
+pub(crate) fn all_finite(x: &[f32]) -> bool {
+    let mut lanes = [0u32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for k in 0..16 {
+            lanes[k] = lanes[k].max(c[k].to_bits() & 0x7fff_ffff);
+        }
     }
+    let tail = chunks.remainder().iter().map(|v| v.to_bits() & 0x7fff_ffff);
+    lanes.into_iter().chain(tail).max().unwrap_or(0) < 0x7f80_0000
 }
 
 fn non_finite_error(src: &[f32], i: usize, cols: usize) -> Error {
@@ -198,42 +217,48 @@ pub fn quantize(
             )));
         }
     }
-    // Each task checks its rows just before quantizing them, while they are in cache; the
-    // first bad value (lowest index) is reported.
+    // The rows are checked as they are quantized (the kernels fuse the check into their
+    // pass); when a task meets a non-finite value, the first one (lowest index) is looked
+    // up afterwards.
     let chunk_rows = rows_per_task(cols);
     let chunk_len = cols * chunk_rows;
-    let bad = with_block!(qtype, B => {
+    let ok = with_block!(qtype, B => {
         dst.par_chunks_mut(row_bytes * chunk_rows)
             .zip(src.par_chunks(chunk_len))
-            .enumerate()
-            .filter_map(|(c, (out, inp))| match first_non_finite(inp) {
-                Some(i) => Some(c * chunk_len + i),
-                None => {
-                    quantize_chunk::<B>(inp, cols, imatrix, out);
-                    None
-                }
-            })
-            .min()
+            .map(|(out, inp)| quantize_chunk::<B>(inp, cols, imatrix, out))
+            .reduce(|| true, |a, b| a & b)
     });
-    match bad {
+    if ok {
+        return Ok(());
+    }
+    match src.iter().position(|v| !v.is_finite()) {
         Some(i) => Err(non_finite_error(src, i, cols)),
-        None => Ok(()),
+        None => Err(Error::Value("input holds a non-finite value".into())),
     }
 }
 
-fn quantize_chunk<B: Block>(src: &[f32], cols: usize, imatrix: Option<&[f32]>, out: &mut [u8]) {
+/// Quantize whole rows; false when one of them holds a non-finite value.
+fn quantize_chunk<B: Block>(
+    src: &[f32],
+    cols: usize,
+    imatrix: Option<&[f32]>,
+    out: &mut [u8],
+) -> bool {
     let row_bytes = out.len() / (src.len() / cols);
     match bytemuck::try_cast_slice_mut::<u8, B>(out) {
         Ok(blocks) => {
             let per_row = row_bytes / std::mem::size_of::<B>();
+            let mut ok = true;
             for (row, dst) in src.chunks_exact(cols).zip(blocks.chunks_exact_mut(per_row)) {
-                B::quantize_row(row, dst, imatrix);
+                ok &= B::quantize_row_checked(row, dst, imatrix);
             }
+            ok
         }
         Err(_) => {
             let mut tmp = vec![B::zeroed(); out.len() / std::mem::size_of::<B>()];
-            quantize_chunk::<B>(src, cols, imatrix, bytemuck::cast_slice_mut(&mut tmp));
+            let ok = quantize_chunk::<B>(src, cols, imatrix, bytemuck::cast_slice_mut(&mut tmp));
             out.copy_from_slice(bytemuck::cast_slice(&tmp));
+            ok
         }
     }
 }
