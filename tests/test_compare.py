@@ -75,6 +75,8 @@ def test_report_files_and_schema(run1: Any) -> None:
         for f in fields:
             assert isinstance(r[f], (int, float)), (n, f)
     assert names["float-F32"]["role"] == "reference" and names["float-F32"]["kld"] == 0.0
+    again = cmp.CompareReport.from_json(data)  # the report renders back from its JSON
+    assert again.markdown() == (out / "report.md").read_text()
     _no_temp_files(out)
 
 

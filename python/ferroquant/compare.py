@@ -158,6 +158,26 @@ class CompareReport:
 
     # -- output -------------------------------------------------------------------------------
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CompareReport:
+        """The report back from ``report.json`` (to re-render the markdown or the plot)."""
+        if data.get("schema") != SCHEMA:
+            raise CompareError(f"not a {SCHEMA} report (schema {data.get('schema')!r})")
+        names = {f.name for f in dataclasses.fields(Entry)}
+        entries = [Entry(**{k: v for k, v in r.items() if k in names}) for r in data["results"]]
+        return cls(
+            model_dir=data["model_dir"],
+            out_dir=data["out_dir"],
+            n_weights=int(data["n_weights"]),
+            entries=entries,
+            settings=data["settings"],
+            versions=data["versions"],
+            machine=data["machine"],
+            wall_s=float(data.get("wall_s") or 0.0),
+            created=data.get("created", ""),
+            files=data.get("files") or {},
+        )
+
     def to_json(self) -> dict[str, Any]:
         ref = self.reference
         return {
@@ -288,6 +308,19 @@ def _atomic_path(path: Path) -> Iterator[Path]:
                 p.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """A method's per-tensor INFO lines off (unless debugging): the comparison logs its steps."""
+    logger = logging.getLogger(logger_name)
+    old = logger.level
+    if not log.isEnabledFor(logging.DEBUG):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def _read_json(path: Path) -> Optional[dict[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -321,20 +354,24 @@ def versions() -> dict[str, Any]:
     return out
 
 
-def machine(threads: int) -> dict[str, Any]:
+def _loadavg() -> Optional[list[float]]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine(threads: int, load_start: Optional[list[float]] = None) -> dict[str, Any]:
     from . import _native
 
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        load = None
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "threads": threads or os.cpu_count(),
         "simd": _native.simd_isa(),
-        "loadavg_start": load,
+        "loadavg_start": load_start,
+        "loadavg_end": _loadavg(),
     }
 
 
@@ -500,6 +537,7 @@ class _Comparison:
         self.imatrix_error: Optional[str] = None
         self.step = 0
         self.n_steps = 0
+        self.load_start = _loadavg()
 
     # -- calibration ---------------------------------------------------------------------------
 
@@ -686,7 +724,8 @@ class _Comparison:
                 seed=self.seed,
                 progress=self.progress,
             )
-            s = quantize(self.model_dir, tmp, cfg)
+            with _quiet("ferroquant.methods.gptq"), _quiet("ferroquant.quantize_api"):
+                s = quantize(self.model_dir, tmp, cfg)
             return {"linears": s.linears, "mean_rel_err": s.mean_rel_err}
 
         return build
@@ -965,7 +1004,7 @@ class _Comparison:
             entries=entries,
             settings=self.settings(),
             versions=versions(),
-            machine=machine(self.threads),
+            machine=machine(self.threads, self.load_start),
             wall_s=time.perf_counter() - t_start,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
@@ -990,6 +1029,7 @@ class _Comparison:
             "seed": self.seed,
             "imatrix": str(self.imatrix_path) if self.imatrix_path else None,
             "imatrix_error": self.imatrix_error,
+            "imatrix_s": self.imatrix_seconds() if self.imatrix_path else None,
             "threads": self.threads,
             "bench": {"pp": self.bench_pp, "tg": self.bench_tg, "reps": 2} if self.bench else None,
             "bpw": "whole file: file bytes * 8 / weights of the float model",
@@ -1238,11 +1278,18 @@ def render_markdown(report: CompareReport) -> str:
         "",
         f"- methods: {', '.join(s['methods'])}; types: {', '.join(s['types'])}; baselines: "
         f"{', '.join(s['baselines'])}",
-        f"- imatrix: {s.get('imatrix') or s.get('imatrix_error') or 'none'}",
+        f"- imatrix: {s.get('imatrix') or s.get('imatrix_error') or 'none'}"
+        + (
+            f" (computed once in {s['imatrix_s']:.0f} s from the calibration text; not in the "
+            "imatrix/dynamic rows' quantize time)"
+            if s.get("imatrix_s")
+            else ""
+        ),
         f"- ferroquant {v.get('ferroquant')}, python {v.get('python')}, numpy {v.get('numpy')}, "
         f"gguf {v.get('gguf')}, torch {v.get('torch')}, transformers {v.get('transformers')}",
-        f"- machine: {report.machine.get('cpu_count')} CPUs, load average at start "
-        f"{report.machine.get('loadavg_start')}; whole run {report.wall_s:.0f} s",
+        f"- machine: {report.machine.get('cpu_count')} CPUs, load average (1, 5, 15 min) at "
+        f"start {report.machine.get('loadavg_start')}, at the end "
+        f"{report.machine.get('loadavg_end')}; whole run {report.wall_s:.0f} s",
         f"- {report.created}; numbers: `report.json`; plot: `report.png`",
         "",
     ]
