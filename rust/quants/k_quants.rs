@@ -324,6 +324,27 @@ fn finish_q2k(x: &[f32; QK_K], y: &mut BlockQ2K, codes: &mut [[u8; 16]; 16]) {
     y.qs = pack_2bit(bytemuck::cast_ref(codes));
 }
 
+dispatch! {
+    /// `dl * code - ml` a run of 32 weights (two sub-blocks) at a time.
+    fn dequantize_q2k(src: &[BlockQ2K], dst: &mut [f32]) {
+        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            for (r, ys) in y.chunks_exact_mut(32).enumerate() {
+                let (g, s) = (r / 4, r % 4);
+                let q: &[u8; 32] = b.qs[32 * g..32 * g + 32].try_into().expect("32 bytes");
+                for (h, ys) in ys.chunks_exact_mut(16).enumerate() {
+                    let sc = b.scales[2 * r + h];
+                    let dl = d * (sc & 0xF) as f32;
+                    let ml = dmin * (sc >> 4) as f32;
+                    for l in 0..16 {
+                        ys[l] = dl * ((q[16 * h + l] >> (2 * s)) & 3) as f32 - ml;
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Block for BlockQ2K {
     const QTYPE: QType = QType::Q2_K;
 
@@ -337,16 +358,7 @@ impl Block for BlockQ2K {
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
-            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
-            for (j, ys) in y.chunks_exact_mut(16).enumerate() {
-                let dl = d * (b.scales[j] & 0xF) as f32;
-                let ml = dmin * (b.scales[j] >> 4) as f32;
-                for (l, v) in ys.iter_mut().enumerate() {
-                    *v = dl * unpack_2bit(&b.qs, 16 * j + l) as f32 - ml;
-                }
-            }
-        }
+        dequantize_q2k(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -568,6 +580,27 @@ fn quantize_k4_scales(
     (d, dmin, packed, codes)
 }
 
+dispatch! {
+    /// `dl * code - ml`, the two nibbles of 32 bytes at a time.
+        fn dequantize_q4k(src: &[BlockQ4K], dst: &mut [f32]) {
+            for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+                let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+                for (g, ys) in y.chunks_exact_mut(64).enumerate() {
+                    let q = &b.qs[32 * g..32 * (g + 1)];
+                    let (lo, hi) = ys.split_at_mut(32);
+                    let (sc, m) = scale_min_k4(2 * g, &b.scales);
+                    let (d1, m1) = (d * sc as f32, dmin * m as f32);
+                    let (sc, m) = scale_min_k4(2 * g + 1, &b.scales);
+                    let (d2, m2) = (d * sc as f32, dmin * m as f32);
+                    for l in 0..32 {
+                        lo[l] = d1 * (q[l] & 0xF) as f32 - m1;
+                        hi[l] = d2 * (q[l] >> 4) as f32 - m2;
+                    }
+                }
+            }
+        }
+}
+
 impl Block for BlockQ4K {
     const QTYPE: QType = QType::Q4_K;
 
@@ -586,21 +619,7 @@ impl Block for BlockQ4K {
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
-        for (b, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
-            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
-            for (g, ys) in y.chunks_exact_mut(64).enumerate() {
-                let q = &b.qs[32 * g..32 * (g + 1)];
-                let (lo, hi) = ys.split_at_mut(32);
-                let (sc, m) = scale_min_k4(2 * g, &b.scales);
-                let (d1, m1) = (d * sc as f32, dmin * m as f32);
-                let (sc, m) = scale_min_k4(2 * g + 1, &b.scales);
-                let (d2, m2) = (d * sc as f32, dmin * m as f32);
-                for l in 0..32 {
-                    lo[l] = d1 * (q[l] & 0xF) as f32 - m1;
-                    hi[l] = d2 * (q[l] >> 4) as f32 - m2;
-                }
-            }
-        }
+        dequantize_q4k(src, dst);
     }
 
     fn vec_dot(src: &[Self], x: &[f32]) -> f32 {
@@ -863,8 +882,8 @@ mod tests {
         );
     }
 
-    /// The run-at-a-time dequantizers give, bit for bit, the per-weight formulas
-    /// (`q3_code`, `q5_code`, `q6_code` with their scales) on random blocks, on every path.
+    /// The run-at-a-time K-quant dequantizers give, bit for bit, the per-weight
+    /// formulas (ggml's `dequantize_row_q*_K` written per weight) on random blocks, on every path.
     #[test]
     fn dequantizers_match_the_per_weight_formulas() {
         let mut s = 0x51f1_5eed_1234_5678u64;
@@ -879,10 +898,42 @@ mod tests {
                 .collect()
         };
         let finite = |h: &mut f16| *h = f16::from_bits(h.to_bits() & 0xbfff);
+        let mut q2: Vec<BlockQ2K> = bytemuck::pod_collect_to_vec(&bytes(84 * 8));
+        let mut q4: Vec<BlockQ4K> = bytemuck::pod_collect_to_vec(&bytes(144 * 8));
         let mut q3: Vec<BlockQ3K> = bytemuck::pod_collect_to_vec(&bytes(110 * 8));
         let mut q5: Vec<BlockQ5K> = bytemuck::pod_collect_to_vec(&bytes(176 * 8));
         let mut q6: Vec<BlockQ6K> = bytemuck::pod_collect_to_vec(&bytes(210 * 8));
         q3.iter_mut().for_each(|b| finite(&mut b.d));
+        q2.iter_mut().for_each(|b| {
+            finite(&mut b.d);
+            finite(&mut b.dmin)
+        });
+        q4.iter_mut().for_each(|b| {
+            finite(&mut b.d);
+            finite(&mut b.dmin)
+        });
+        let want2: Vec<u32> = q2
+            .iter()
+            .flat_map(|b| {
+                (0..QK_K).map(move |i| {
+                    let sc = b.scales[i / 16];
+                    let dl = b.d.to_f32() * (sc & 0xF) as f32;
+                    let ml = b.dmin.to_f32() * (sc >> 4) as f32;
+                    (dl * unpack_2bit(&b.qs, i) as f32 - ml).to_bits()
+                })
+            })
+            .collect();
+        let want4: Vec<u32> = q4
+            .iter()
+            .flat_map(|b| {
+                (0..QK_K).map(move |i| {
+                    let (sc, m) = scale_min_k4(i / 32, &b.scales);
+                    let (dl, ml) = (b.d.to_f32() * sc as f32, b.dmin.to_f32() * m as f32);
+                    let code = (b.qs[32 * (i / 64) + i % 32] >> (4 * ((i / 32) % 2))) & 0xF;
+                    (dl * code as f32 - ml).to_bits()
+                })
+            })
+            .collect();
         q5.iter_mut().for_each(|b| {
             finite(&mut b.d);
             finite(&mut b.dmin)
@@ -920,6 +971,10 @@ mod tests {
             crate::quants::legacy::FORCE_LEVEL.with(|c| c.set(Some(path)));
             let mut y = vec![0f32; 8 * QK_K];
             let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            BlockQ2K::dequantize_row(&q2, &mut y);
+            assert_eq!(bits(&y), want2, "Q2_K {path:?}");
+            BlockQ4K::dequantize_row(&q4, &mut y);
+            assert_eq!(bits(&y), want4, "Q4_K {path:?}");
             BlockQ3K::dequantize_row(&q3, &mut y);
             assert_eq!(bits(&y), want3, "Q3_K {path:?}");
             BlockQ5K::dequantize_row(&q5, &mut y);
