@@ -79,8 +79,9 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
-/// The widest kernels the CPU can run: explicit AVX-512 (F, BW, VL with F16C), the
-/// AVX2 + FMA + F16C build of the portable loops, or the portable loops.
+/// The widest kernels the CPU can run: AVX-512 (F, BW, VL with F16C), AVX2 + FMA +
+/// F16C (explicit quantizers; the auto-vectorized build of the portable loops for the
+/// rest), or the portable loops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Level {
     Portable,
@@ -128,8 +129,9 @@ pub(crate) fn has_avx512() -> bool {
 }
 
 /// `fn $name(src, dst, check: bool) -> bool`: the unweighted quantizer on the widest
-/// path. With `check`, it returns false when `src` holds a non-finite value (the
-/// AVX-512 kernels check in their own pass; the others look first).
+/// path (explicit AVX-512, explicit AVX2, portable). With `check`, it returns false
+/// when `src` holds a non-finite value (the SIMD kernels check in their own pass; the
+/// portable one looks first).
 macro_rules! plain_quantizer {
     ($name:ident, $B:ty, $avx512:ident, $fallback:path) => {
         pub(crate) fn $name(src: &[f32], dst: &mut [$B], check: bool) -> bool {
@@ -137,6 +139,11 @@ macro_rules! plain_quantizer {
             if $crate::quants::legacy::has_avx512() {
                 // SAFETY: the CPU has AVX-512 F/BW/VL and F16C.
                 return unsafe { $crate::quants::avx512::$avx512(src, dst) } || !check;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::quants::legacy::has_avx2() {
+                // SAFETY: the CPU has AVX2, FMA and F16C.
+                return unsafe { $crate::quants::avx2::$avx512(src, dst) } || !check;
             }
             if check && !$crate::quants::all_finite(src) {
                 return false;

@@ -6,6 +6,8 @@
 //! family kernels over rows in parallel with rayon.
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod float;
 pub mod iq4;
