@@ -2,11 +2,13 @@
 
 Peers: gguf-py's numpy kernels (``gguf.quants``) for every type it implements, and llama.cpp's
 own quantizer (``ggml_quantize_chunk`` from the ggml library that llama-cpp-python bundles,
-single-threaded) for the rest. MB/s counts float32 input bytes (4 bytes per weight) for both
-directions. Dequantize is also put against the machine's memory bandwidth (a numpy copy).
+single-threaded) for all types. MB/s counts float32 input bytes (4 bytes per weight) for both
+directions. The all-core numbers and gguf-py are timed in this process; the per-thread numbers
+in a child process with ``RAYON_NUM_THREADS=1``, ours and llama.cpp's in turns. Dequantize is
+put against a numpy copy of the same size and of 256 MB; the load average is recorded (the
+machine is shared: compare the ratios of one run).
 
-    python benches/bench_quants.py --out benches/results          # all cores
-    RAYON_NUM_THREADS=1 python benches/bench_quants.py --threads-label 1 ...
+    python benches/bench_quants.py --rows 1024 --cols 4096 --out benches/results
 
 Writes ``bench_quants.json`` and ``bench_quants.md`` into --out.
 """
@@ -68,7 +70,7 @@ def load_average() -> Optional[list[float]]:
         return None
 
 
-def bench_type(name: str, x: np.ndarray, peer_rows: int) -> dict[str, Optional[float]]:
+def bench_type(name: str, x: np.ndarray) -> dict[str, Optional[float]]:
     rows, cols = x.shape
     n = x.size
     gt = GGMLQuantizationType[name]
@@ -84,11 +86,6 @@ def bench_type(name: str, x: np.ndarray, peer_rows: int) -> dict[str, Optional[f
         row["gguf_py_quantize_mbps"] = mbps(n, best_of(lambda: gq.quantize(x, gt)))
     if name != "F32":
         row["gguf_py_dequantize_mbps"] = mbps(n, best_of(lambda: gq.dequantize(q, gt)))
-    if ggml_peer is not None and name not in ("F32",):
-        sub = np.ascontiguousarray(x[:peer_rows])
-        row["llama_cpp_quantize_mbps"] = mbps(
-            sub.size, best_of(lambda: ggml_peer.quantize(sub, name))
-        )
     return row
 
 
@@ -105,13 +102,41 @@ def run(rows: int, cols: int, types: list[str]) -> dict:
     x = rng.standard_normal((rows, cols)).astype(np.float32)
     results = {}
     for name in types:
-        results[name] = bench_type(name, x, peer_rows=max(1, rows // 8))
+        results[name] = bench_type(name, x)
         print(f"{name:7s} {json.dumps(results[name])}", file=sys.stderr)
     return results
 
 
-def single_thread_quantize(rows: int, cols: int, types: list[str]) -> dict[str, float]:
-    """Re-run ourselves with one rayon thread for the per-thread numbers."""
+def interleaved_best(fns: list[Callable[[], object]], min_time: float = 1.0) -> list[float]:
+    """Fastest wall time of each function, run in turns (A B A B ...) so that a load
+    change on a shared machine hits both sides alike."""
+    best = [float("inf")] * len(fns)
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < 3 or (time.perf_counter() - start < min_time and rounds < 30):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+        rounds += 1
+    return best
+
+
+def single_thread_pair(x: np.ndarray, name: str) -> dict[str, Optional[float]]:
+    """Ours on one rayon thread and llama.cpp's quantizer (one thread), in turns."""
+    fns: list[Callable[[], object]] = [lambda: quants.quantize(x, name)]
+    if ggml_peer is not None and name != "F32":
+        fns.append(lambda: ggml_peer.quantize(x, name))
+    times = interleaved_best(fns)
+    return {
+        "ours": mbps(x.size, times[0]),
+        "llama_cpp": mbps(x.size, times[1]) if len(times) > 1 else None,
+    }
+
+
+def single_thread_quantize(rows: int, cols: int, types: list[str]) -> dict[str, dict]:
+    """Re-run ourselves with one rayon thread for the per-thread numbers (llama.cpp's
+    quantizer timed in the same process, in turns with ours)."""
     env = dict(os.environ, RAYON_NUM_THREADS="1")
     cmd = [sys.executable, __file__, "--single", "--rows", str(rows // 8), "--cols", str(cols)]
     cmd += ["--types", ",".join(types)]
@@ -132,9 +157,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.single:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
-        print(
-            json.dumps({n: mbps(x.size, best_of(lambda n=n: quants.quantize(x, n))) for n in types})
-        )
+        print(json.dumps({n: single_thread_pair(x, n) for n in types}))
         return 0
 
     load_before = load_average()
@@ -147,7 +170,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     bandwidth = copy_gbps(64 << 20)
     load_after = load_average()
     for name, row in results.items():
-        row["quantize_1thread_mbps"] = per_thread[name]
+        row["quantize_1thread_mbps"] = per_thread[name]["ours"]
+        if per_thread[name]["llama_cpp"] is not None:
+            row["llama_cpp_quantize_mbps"] = per_thread[name]["llama_cpp"]
         row["x_gguf_py_quantize"] = ratio(row["quantize_mbps"], row["gguf_py_quantize_mbps"])
         row["x_gguf_py_dequantize"] = ratio(row["dequantize_mbps"], row["gguf_py_dequantize_mbps"])
         row["x_llama_cpp_quantize_1thread"] = ratio(
@@ -180,7 +205,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"MB/s of f32 weights. numpy copy (read + write, one thread): {copy_same:.1f} GB/s at "
         f"the dequantized size, {bandwidth:.1f} GB/s at 256 MB. Dequantize GB/s counts the "
         'quantized bytes read and the f32 written; "of copy" divides it by the first. '
-        "llama.cpp = `ggml_quantize_chunk`, one thread; ours (1 thread) beside it. "
+        "llama.cpp = `ggml_quantize_chunk`, one thread, timed in turns with ours on one "
+        f"rayon thread ({args.rows // 8} rows). "
         f"Load average (1, 5, 15 min) before: {load_before}, after: {load_after}.",
         "",
         "| type | quantize | gguf-py | × | dequantize | gguf-py | × | dequantize GB/s "
