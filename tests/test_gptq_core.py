@@ -232,16 +232,25 @@ def test_bad_input_is_a_clear_error() -> None:
         _native.gptq_quantize(w, h, qtype="Q4_K")
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K"])
-def test_gguf_grid_blocks_are_exact_and_beat_rtn(qtype: str) -> None:
+GGUF_GRIDS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("qtype", GGUF_GRIDS)
+def test_gguf_grid_blocks_are_exact_and_beat_rtn(qtype: str, weighted: bool) -> None:
     w, h = problem(16, 256, 600, seed=3)
-    g = _native.gptq_quantize(w, h, qtype=qtype)
+    g = _native.gptq_quantize(w, h, qtype=qtype, weighted_fit=weighted)
     back = _native.dequantize(g["blocks"], qtype, 16, 256)
     np.testing.assert_array_equal(back, g["dequant"])
     # RTN on the GGUF grid is what llama.cpp's reference quantizer writes
     rtn = _native.quantize(w, qtype)
     rtn_w = _native.dequantize(rtn, qtype, 16, 256)
     assert layer_loss(w, g["dequant"], h) < layer_loss(w, rtn_w, h)
+    if weighted:
+        # and below llama.cpp's quantizer with diag(H) as the importance matrix
+        imat = _native.quantize(w, qtype, np.ascontiguousarray(np.diag(h)))
+        imat_w = _native.dequantize(imat, qtype, 16, 256)
+        assert layer_loss(w, g["dequant"], h) < layer_loss(w, imat_w, h)
 
 
 def test_gguf_grid_with_act_order_keeps_blocks_contiguous() -> None:

@@ -46,6 +46,12 @@ class Runtime:
         GGUF shape ``ne``, absolute byte offset). Every tensor is checked against the file."""
     def forward(self, tokens: list[int], all_logits: bool = False) -> npt.NDArray[np.float32]:
         """Append ``tokens`` to the sequence; logits (n or 1, vocab). Releases the GIL."""
+    def collect_stats(self, on: bool) -> None:
+        """Start (True) or stop (False, dropping them) gathering, on every forward call, the
+        per-column sums of squared inputs of every weight matrix (llama-imatrix's statistic)."""
+    def take_stats(self) -> dict[str, tuple[npt.NDArray[np.float64], int]]:
+        """``{tensor name: (sums of squares per input column, token count)}`` gathered since
+        ``collect_stats(True)`` (then reset). ValueError when not collecting."""
     def truncate(self, n: int) -> None: ...
     def reset(self) -> None: ...
     @property
@@ -73,11 +79,20 @@ def matmul(
     cols: int,
     x: npt.NDArray[np.float32],
     portable: bool = False,
+    isa: str | None = None,
 ) -> npt.NDArray[np.float32]:
-    """The runtime kernel: (ntok, cols) activations times quantized (rows, cols) -> (ntok, rows)."""
+    """The runtime kernel: (ntok, cols) activations times quantized (rows, cols) -> (ntok, rows).
+
+    The activations are first converted to the type's ggml ``vec_dot_type`` (Q8_0/Q8_1 per 32,
+    Q8_K per 256, f16, bf16). ``isa``: "portable", "avx2", "avx512" or "neon" (at most what
+    the CPU runs); ``portable=True`` is ``isa="portable"``."""
 
 def simd_isa() -> str:
-    """The instruction set the kernels dispatch to ("avx2+fma+f16c" or "portable")."""
+    """The instruction set the kernels dispatch to ("avx512f+bw+vl+vnni", "avx2+fma+f16c",
+    "neon" or "portable"; ``FERROQUANT_SIMD=portable|avx2`` caps it)."""
+
+def simd_tiers() -> list[str]:
+    """The kernel tiers this CPU runs, lowest first ("portable", "avx2", "avx512", "neon")."""
 
 def gptq_quantize(
     w: npt.NDArray[np.float32],
@@ -91,8 +106,12 @@ def gptq_quantize(
     percdamp: float = 0.01,
     block_size: int = 128,
     qtype: str | None = None,
+    weighted_fit: bool = False,
 ) -> dict[str, Any]:
     """GPTQ of ``w`` (out, in) with Hessian ``h`` (in, in); GIL released, all cores.
+
+    ``weighted_fit``: GGUF grids take their block scales from llama.cpp's importance-weighted
+    search with ``diag(h)`` as the importance matrix.
 
     Returns codes (out, in) uint8, scales/zeros/mins (out, groups) float32, g_idx (in,) int32,
     perm (in,) int64 or None, dequant (out, in) float32, loss, damp, dead, and blocks

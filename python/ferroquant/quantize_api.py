@@ -6,9 +6,11 @@
 ``format="gptq"`` writes a Hugging Face GPTQ checkpoint (see
 :mod:`ferroquant.export.gptq_checkpoint`); ``format="gguf"`` writes a GGUF of file type
 ``gguf_type`` (any llama-quantize preset): each linear gets the type the preset's rules give it
-(fallbacks included); on Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 GPTQ rounds onto the GGUF block grid
-with error feedback (Q4_K too: its super-block scales are fitted when the loop reaches it); other
-types (Q2_K, Q3_K, Q5_K, Q6_K, IQ4) use llama.cpp's own quantizer for now.
+(fallbacks included); on Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q2_K..Q6_K GPTQ rounds
+onto the GGUF block grid with error feedback: each block's scales (a K-quant's whole super-block)
+are fitted when the column loop reaches it, by llama.cpp's own scale search on the weights as
+updated so far, weighted by the Hessian diagonal (``weighted_fit``, as ``llama-quantize
+--imatrix``); IQ4 types use llama.cpp's own quantizer for now.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .methods.gptq import GridSpec, quantize_model
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
-GGUF_GRIDS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K")
+GGUF_GRIDS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class QuantConfig:
     static_groups: bool = False
     percdamp: float = 0.01
     block_size: int = 128
+    weighted_fit: bool = True  # GGUF grids: Hessian-diagonal-weighted block scale search
     format: str = "gptq"  # gptq | gguf
     gguf_type: Optional[str] = None  # with format="gguf"
     calib: Optional[str] = None  # file, "self" or "wikitext-tail"; None: the default
@@ -74,6 +77,7 @@ class QuantConfig:
             percdamp=self.percdamp,
             block_size=self.block_size,
             qtype=None,
+            weighted_fit=self.weighted_fit,
         )
 
 

@@ -24,6 +24,7 @@ fn config(
     percdamp: f32,
     block_size: usize,
     qtype: Option<&str>,
+    weighted_fit: bool,
 ) -> PyResult<GptqConfig> {
     let grid = match qtype {
         Some(name) => Grid::Gguf(QType::from_name(name)?),
@@ -40,6 +41,7 @@ fn config(
         static_groups,
         percdamp,
         block_size,
+        weighted_fit,
     })
 }
 
@@ -98,10 +100,13 @@ fn run<'py>(
 }
 
 /// gptq_quantize(w, h, *, bits=4, group_size=128, sym=False, act_order=False,
-/// static_groups=False, percdamp=0.01, block_size=128, qtype=None) -> dict
+/// static_groups=False, percdamp=0.01, block_size=128, qtype=None, weighted_fit=False) -> dict
+///
+/// weighted_fit: GGUF grids get their block scales from llama.cpp's importance-weighted
+/// search with diag(h) as the importance matrix.
 #[pyfunction]
 #[pyo3(signature = (w, h, *, bits=4, group_size=128, sym=false, act_order=false,
-    static_groups=false, percdamp=0.01, block_size=128, qtype=None))]
+    static_groups=false, percdamp=0.01, block_size=128, qtype=None, weighted_fit=false))]
 #[allow(clippy::too_many_arguments)]
 fn gptq_quantize<'py>(
     py: Python<'py>,
@@ -115,6 +120,7 @@ fn gptq_quantize<'py>(
     percdamp: f32,
     block_size: usize,
     qtype: Option<&str>,
+    weighted_fit: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let [rows, cols] = [w.shape()[0], w.shape()[1]];
     if h.shape() != [cols, cols] {
@@ -132,6 +138,7 @@ fn gptq_quantize<'py>(
         percdamp,
         block_size,
         qtype,
+        weighted_fit,
     )?;
     let (ws, hs) = (slice(&w, "w")?, slice(&h, "h")?);
     run(py, cfg, |c| gptq::gptq(ws, hs, rows, cols, c))
@@ -149,7 +156,7 @@ fn rtn_quantize<'py>(
     qtype: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let [rows, cols] = [w.shape()[0], w.shape()[1]];
-    let cfg = config(bits, group_size, sym, false, false, 0.0, 128, qtype)?;
+    let cfg = config(bits, group_size, sym, false, false, 0.0, 128, qtype, false)?;
     let ws = slice(&w, "w")?;
     run(py, cfg, |c| gptq::rtn(ws, rows, cols, c))
 }

@@ -6,10 +6,11 @@
 use bytemuck::Zeroable;
 use half::f16;
 
+use super::grid::{is_k_quant, k_header_ranges, K_HEADER};
 use super::{GptqResult, Grid, Step};
 use crate::error::{Error, Result};
 use crate::quants::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
-use crate::quants::QType;
+use crate::quants::{QType, QK_K};
 
 fn nibbles(c: &[u8]) -> [u8; 16] {
     std::array::from_fn(|j| (c[j] & 0x0f) | ((c[j + 16] & 0x0f) << 4))
@@ -25,6 +26,56 @@ fn high_bits(c: &[u8]) -> [u8; 4] {
 
 fn push<B: bytemuck::Pod>(out: &mut Vec<u8>, b: B) {
     out.extend_from_slice(bytemuck::bytes_of(&b));
+}
+
+/// A K-quant super-block: the fitted header bytes where ggml keeps them, the codes packed
+/// as ggml packs them (layouts in `crate::quants::k_quants`).
+fn encode_k(q: QType, codes: &[u8], header: &[u8; K_HEADER], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + q.type_size(), 0);
+    let b = &mut out[start..];
+    let mut at = 0;
+    for &(off, len) in k_header_ranges(q) {
+        b[off..off + len].copy_from_slice(&header[at..at + len]);
+        at += len;
+    }
+    // Two-bit planes as Q2_K's `qs`: weight 128g + 32s + l at bits 2s of byte 32g + l.
+    let two_bit = |b: &mut [u8], off: usize, v: &dyn Fn(usize) -> u8| {
+        for i in 0..QK_K {
+            let (g, s, l) = (i / 128, (i / 32) % 4, i % 32);
+            b[off + 32 * g + l] |= (v(i) & 3) << (2 * s);
+        }
+    };
+    match q {
+        QType::Q2_K => two_bit(b, 16, &|i| codes[i]),
+        QType::Q3_K => {
+            // hmask bit j/32 of byte j%32 holds the third bit; qs the low two.
+            for (i, &c) in codes.iter().enumerate() {
+                b[i % 32] |= ((c >> 2) & 1) << (i / 32);
+            }
+            two_bit(b, 32, &|i| codes[i]);
+        }
+        QType::Q4_K | QType::Q5_K => {
+            let qs = if q == QType::Q4_K { 16 } else { 48 };
+            for (g, chunk) in codes.chunks_exact(64).enumerate() {
+                for l in 0..32 {
+                    b[qs + 32 * g + l] = (chunk[l] & 0x0f) | ((chunk[l + 32] & 0x0f) << 4);
+                    if q == QType::Q5_K {
+                        b[16 + l] |= ((chunk[l] >> 4) & 1) << (2 * g);
+                        b[16 + l] |= ((chunk[l + 32] >> 4) & 1) << (2 * g + 1);
+                    }
+                }
+            }
+        }
+        QType::Q6_K => {
+            for (i, &c) in codes.iter().enumerate() {
+                let (g, s, l) = (i / 128, (i / 32) % 4, i % 32);
+                b[64 * g + 32 * (s & 1) + l] |= (c & 0xF) << (4 * (s >> 1));
+            }
+            two_bit(b, 128, &|i| codes[i] >> 4);
+        }
+        _ => unreachable!("{q:?} is not a K-quant"),
+    }
 }
 
 fn encode_block(q: QType, codes: &[u8], s: &Step, out: &mut Vec<u8>) {
@@ -62,16 +113,7 @@ fn encode_block(q: QType, codes: &[u8], s: &Step, out: &mut Vec<u8>) {
                 qs: nibbles(codes),
             },
         ),
-        QType::Q4_K => {
-            // header: d, dmin and the packed scales as fitted; codes as ggml packs them
-            // (64-weight chunks: low nibbles the first 32, high nibbles the next 32).
-            out.extend_from_slice(&s.header);
-            for chunk in codes.chunks_exact(64) {
-                for l in 0..32 {
-                    out.push((chunk[l] & 0x0f) | ((chunk[l + 32] & 0x0f) << 4));
-                }
-            }
-        }
+        q if is_k_quant(q) => encode_k(q, codes, &s.header, out),
         _ => {
             let mut b = BlockQ8_0::zeroed();
             b.d = d;
@@ -137,13 +179,28 @@ mod tests {
             QType::Q5_0,
             QType::Q5_1,
             QType::Q8_0,
+            QType::Q2_K,
+            QType::Q3_K,
+            QType::Q4_K,
+            QType::Q5_K,
+            QType::Q6_K,
         ] {
             let cfg = GptqConfig {
                 grid: Grid::Gguf(q),
                 ..Default::default()
             };
+            let weighted = GptqConfig {
+                weighted_fit: true,
+                ..cfg.clone()
+            };
+            let act_order = GptqConfig {
+                act_order: true,
+                ..weighted.clone()
+            };
             for res in [
                 gptq(&w, &h, rows, cols, &cfg).unwrap(),
+                gptq(&w, &h, rows, cols, &weighted).unwrap(),
+                gptq(&w, &h, rows, cols, &act_order).unwrap(),
                 rtn(&w, rows, cols, &cfg).unwrap(),
             ] {
                 let bytes = to_blocks(&res, cfg.grid).unwrap();

@@ -7,7 +7,7 @@
 use half::f16;
 
 use crate::error::{Error, Result};
-use crate::quants::k_quants::{scale_min_k4, BlockQ4K};
+use crate::quants::k_quants::{scale_min_k4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
 use crate::quants::{QType, QK_K};
 
 /// The grid of one row within one group: codes `0..=maxq`.
@@ -20,9 +20,9 @@ pub struct Step {
     pub min: f32,
     pub maxq: f32,
     pub affine: bool,
-    /// K-quants: the super-block's first 16 bytes (d, dmin, packed 6-bit scales), kept so
+    /// K-quants: the super-block's bytes other than the codes (see [`k_header`]), kept so
     /// the block can be written exactly as fitted.
-    pub header: [u8; 16],
+    pub header: [u8; K_HEADER],
 }
 
 impl Step {
@@ -69,11 +69,15 @@ impl Grid {
                 | QType::Q5_0
                 | QType::Q5_1
                 | QType::Q8_0
-                | QType::Q4_K => Ok(()),
+                | QType::Q2_K
+                | QType::Q3_K
+                | QType::Q4_K
+                | QType::Q5_K
+                | QType::Q6_K => Ok(()),
                 _ => Err(Error::Unsupported {
                     qtype: q.name(),
                     what: "GPTQ onto this GGUF grid is not implemented \
-                           (supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K)"
+                           (supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K)"
                         .into(),
                 }),
             },
@@ -84,8 +88,9 @@ impl Grid {
     pub fn block_size(&self) -> Option<usize> {
         match self {
             Grid::Uniform { .. } => None,
-            // Q4_K: 32-weight sub-blocks, each with its own scale and min.
-            Grid::Gguf(QType::Q4_K) => Some(32),
+            // K-quants: the sub-blocks, each with its own scale (and min).
+            Grid::Gguf(QType::Q4_K | QType::Q5_K) => Some(32),
+            Grid::Gguf(QType::Q2_K | QType::Q3_K | QType::Q6_K) => Some(16),
             Grid::Gguf(q) => Some(q.block_size()),
         }
     }
@@ -94,15 +99,18 @@ impl Grid {
     /// `dmin`, so its sub-block grids are chosen at once when the loop reaches it.
     pub fn fit_span(&self, group: usize) -> usize {
         match self {
-            Grid::Gguf(QType::Q4_K) => QK_K,
+            Grid::Gguf(q) if is_k_quant(*q) => QK_K,
             _ => group,
         }
     }
 
     /// Fit the grids of one span of a row (`out`: one step per group in the span).
-    pub fn fit_into(&self, x: &[f32], out: &mut [Step]) {
-        match *self {
-            Grid::Gguf(QType::Q4_K) => q4_k_steps(x, out),
+    /// `weights` (an importance matrix: the Hessian diagonal of these columns) makes GGUF
+    /// grids come from llama.cpp's weighted scale search, as `llama-quantize --imatrix`.
+    pub fn fit_into(&self, x: &[f32], weights: Option<&[f32]>, out: &mut [Step]) {
+        match (*self, weights) {
+            (Grid::Gguf(q), _) if is_k_quant(q) => quantizer_steps(q, x, weights, out),
+            (Grid::Gguf(q), Some(w)) if q != QType::Q8_0 => quantizer_steps(q, x, Some(w), out),
             _ => {
                 if let Some(s) = out.first_mut() {
                     *s = self.fit(x);
@@ -149,32 +157,124 @@ pub fn uniform_step(x: &[f32], bits: u32, sym: bool) -> Step {
         min: 0.0,
         maxq,
         affine: false,
-        header: [0; 16],
+        header: [0; K_HEADER],
     }
 }
 
-/// Q4_K sub-block grids from llama.cpp's own Q4_K scale search on the current weights
-/// (`crate::quants`), decoded as ggml dequantizes them: `d·sc·q − dmin·m`.
-fn q4_k_steps(x: &[f32], out: &mut [Step]) {
-    let mut bytes = [0u8; std::mem::size_of::<BlockQ4K>()];
-    if x.len() != QK_K || crate::quants::quantize(QType::Q4_K, x, QK_K, None, &mut bytes).is_err() {
+/// The K-quant super-block types (256 weights, sub-block scales quantized once more).
+pub fn is_k_quant(q: QType) -> bool {
+    matches!(
+        q,
+        QType::Q2_K | QType::Q3_K | QType::Q4_K | QType::Q5_K | QType::Q6_K
+    )
+}
+
+/// Bytes of a K-quant block that are not codes: Q2_K scales and d/dmin; Q3_K scales and d;
+/// Q4_K/Q5_K d, dmin and scales; Q6_K scales and d.
+pub const K_HEADER: usize = 20;
+
+/// Where the non-code bytes of a `q` block lie: (offset, length) pairs in block order.
+pub fn k_header_ranges(q: QType) -> &'static [(usize, usize)] {
+    match q {
+        QType::Q2_K => &[(0, 16), (80, 4)],
+        QType::Q3_K => &[(96, 14)],
+        QType::Q4_K | QType::Q5_K => &[(0, 16)],
+        QType::Q6_K => &[(192, 18)],
+        _ => &[],
+    }
+}
+
+fn k_header(q: QType, bytes: &[u8]) -> [u8; K_HEADER] {
+    let mut h = [0u8; K_HEADER];
+    let mut at = 0;
+    for &(off, len) in k_header_ranges(q) {
+        h[at..at + len].copy_from_slice(&bytes[off..off + len]);
+        at += len;
+    }
+    h
+}
+
+/// The signed 6-bit scale `j` of Q3_K (ggml's unpacking, offset removed).
+fn q3_scale(j: usize, s: &[u8; 12]) -> i8 {
+    let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+    let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    ((low | (high << 4)) as i8).wrapping_sub(32)
+}
+
+/// Grids of one block of `q` from llama.cpp's own quantizer (`crate::quants`, byte-exact
+/// with ggml) on the current weights `x`, with importance weights if given, decoded as
+/// ggml dequantizes: K-quants `d·sc·q − dmin·m` or `d·sc·(q − offset)`, legacy `d·(q − o)`
+/// or `d·q + m`.
+fn quantizer_steps(q: QType, x: &[f32], w: Option<&[f32]>, out: &mut [Step]) {
+    let mut bytes = [0u8; 256];
+    let size = q.type_size();
+    let ok = x.len() == q.block_size()
+        && w.map_or(true, |w| w.len() == x.len())
+        && crate::quants::quantize(q, x, x.len(), w, &mut bytes[..size]).is_ok();
+    if !ok {
         out.fill(Step::default());
         return;
     }
-    let b: BlockQ4K = bytemuck::pod_read_unaligned(&bytes);
-    let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
-    let mut header = [0u8; 16];
-    header.copy_from_slice(&bytes[..16]);
-    for (j, st) in out.iter_mut().enumerate().take(QK_K / 32) {
-        let (sc, m) = scale_min_k4(j, &b.scales);
-        *st = Step {
-            scale: d * sc as f32,
-            zero: 0.0,
-            min: -(dmin * m as f32),
-            maxq: 15.0,
-            affine: true,
-            header,
-        };
+    let bytes = &bytes[..size];
+    let header = k_header(q, bytes);
+    let sym = |scale: f32, zero: f32, maxq: f32| Step {
+        scale,
+        zero,
+        min: 0.0,
+        maxq,
+        affine: false,
+        header,
+    };
+    let affine = |scale: f32, min: f32, maxq: f32| Step {
+        scale,
+        zero: 0.0,
+        min,
+        maxq,
+        affine: true,
+        header,
+    };
+    let half = |o: usize| f16::from_le_bytes([bytes[o], bytes[o + 1]]).to_f32();
+    match q {
+        QType::Q4_0 => out[0] = sym(half(0), 8.0, 15.0),
+        QType::Q5_0 => out[0] = sym(half(0), 16.0, 31.0),
+        QType::Q4_1 => out[0] = affine(half(0), half(2), 15.0),
+        QType::Q5_1 => out[0] = affine(half(0), half(2), 31.0),
+        QType::Q2_K => {
+            let b: BlockQ2K = bytemuck::pod_read_unaligned(bytes);
+            let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
+            for (j, st) in out.iter_mut().enumerate().take(16) {
+                let (sc, m) = (b.scales[j] & 0xF, b.scales[j] >> 4);
+                *st = affine(d * sc as f32, -(dmin * m as f32), 3.0);
+            }
+        }
+        QType::Q3_K => {
+            let b: BlockQ3K = bytemuck::pod_read_unaligned(bytes);
+            let d = b.d.to_f32();
+            for (j, st) in out.iter_mut().enumerate().take(16) {
+                *st = sym(d * q3_scale(j, &b.scales) as f32, 4.0, 7.0);
+            }
+        }
+        QType::Q4_K | QType::Q5_K => {
+            let (d, dmin, scales, maxq) = if q == QType::Q4_K {
+                let b: BlockQ4K = bytemuck::pod_read_unaligned(bytes);
+                (b.d.to_f32(), b.dmin.to_f32(), b.scales, 15.0)
+            } else {
+                let b: BlockQ5K = bytemuck::pod_read_unaligned(bytes);
+                (b.d.to_f32(), b.dmin.to_f32(), b.scales, 31.0)
+            };
+            for (j, st) in out.iter_mut().enumerate().take(8) {
+                let (sc, m) = scale_min_k4(j, &scales);
+                *st = affine(d * sc as f32, -(dmin * m as f32), maxq);
+            }
+        }
+        QType::Q6_K => {
+            let b: BlockQ6K = bytemuck::pod_read_unaligned(bytes);
+            let d = b.d.to_f32();
+            for (j, st) in out.iter_mut().enumerate().take(16) {
+                *st = sym(d * b.scales[j] as f32, 32.0, 63.0);
+            }
+        }
+        _ => out[0] = gguf_step(q, x),
     }
 }
 
@@ -199,7 +299,7 @@ pub fn gguf_step(q: QType, x: &[f32]) -> Step {
         min: 0.0,
         maxq,
         affine: false,
-        header: [0; 16],
+        header: [0; K_HEADER],
     };
     let affine = |maxq: f32| Step {
         scale: f16_round((hi - lo) / maxq),
@@ -207,7 +307,7 @@ pub fn gguf_step(q: QType, x: &[f32]) -> Step {
         min: f16_round(lo),
         maxq,
         affine: true,
-        header: [0; 16],
+        header: [0; K_HEADER],
     };
     match q {
         QType::Q4_0 => symmetric(8.0, 15.0),
@@ -221,7 +321,7 @@ pub fn gguf_step(q: QType, x: &[f32]) -> Step {
             min: 0.0,
             maxq: 255.0,
             affine: false,
-            header: [0; 16],
+            header: [0; K_HEADER],
         },
     }
 }

@@ -44,6 +44,9 @@ pub struct GptqConfig {
     pub percdamp: f32,
     /// Lazy-batch block size (128 in the paper).
     pub block_size: usize,
+    /// GGUF grids: fit each block's scales with llama.cpp's importance-weighted search,
+    /// the Hessian diagonal as the importance matrix (`llama-quantize --imatrix`).
+    pub weighted_fit: bool,
 }
 
 impl Default for GptqConfig {
@@ -58,6 +61,7 @@ impl Default for GptqConfig {
             static_groups: false,
             percdamp: 0.01,
             block_size: 128,
+            weighted_fit: false,
         }
     }
 }
@@ -170,6 +174,10 @@ pub fn gptq(
     let mut w = w.to_vec();
     let mut h = h.to_vec();
     let mut steps = vec![Step::default(); rows * n_groups];
+    // Importance weights for the GGUF block fits: diag(H), original column order.
+    let diag: Option<Vec<f32>> = (cfg.weighted_fit && matches!(cfg.grid, Grid::Gguf(_)))
+        .then(|| (0..cols).map(|i| h[i * cols + i].max(0.0)).collect());
+    let weights = |a: usize, b: usize| diag.as_deref().map(|d| &d[a..b]);
 
     if per_row {
         // The reference fits per-row grids before zeroing dead columns.
@@ -195,8 +203,8 @@ pub fn gptq(
             .zip(w.par_chunks(cols))
             .for_each(|(s, row)| {
                 for (k, st) in s.chunks_mut(per_span).enumerate() {
-                    cfg.grid
-                        .fit_into(&row[k * span..((k + 1) * span).min(cols)], st);
+                    let (a, b) = (k * span, ((k + 1) * span).min(cols));
+                    cfg.grid.fit_into(&row[a..b], weights(a, b), st);
                 }
             });
     }
@@ -265,7 +273,8 @@ pub fn gptq(
                     if fit_here(p) {
                         let g0 = p / gs;
                         let g1 = (g0 + per_span).min(n_groups);
-                        grid.fit_into(&block[i..(i + span).min(count)], &mut srow[g0..g1]);
+                        let end = (i + span).min(count);
+                        grid.fit_into(&block[i..end], weights(p, i1 + end), &mut srow[g0..g1]);
                     }
                     let step = srow[group_of(p)];
                     let x = block[i];
@@ -379,7 +388,7 @@ pub fn rtn(w: &[f32], rows: usize, cols: usize, cfg: &GptqConfig) -> Result<Gptq
         .for_each(|(((drow, crow), srow), wrow)| {
             for (k, st) in srow.chunks_mut(per_span).enumerate() {
                 cfg.grid
-                    .fit_into(&wrow[k * span..((k + 1) * span).min(cols)], st);
+                    .fit_into(&wrow[k * span..((k + 1) * span).min(cols)], None, st);
             }
             for j in 0..cols {
                 let (c, v) = srow[j / gs].quantize(wrow[j]);

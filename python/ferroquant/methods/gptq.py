@@ -37,7 +37,9 @@ SEQUENTIAL_GROUPS: list[list[str]] = [
 
 
 # GGUF types GPTQ rounds onto with error feedback (the Rust core's GGUF grids).
-GPTQ_GGUF_GRIDS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K")
+GPTQ_GGUF_GRIDS = (
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+)  # fmt: skip
 
 
 @dataclass
@@ -51,7 +53,10 @@ class GridSpec:
     static_groups: bool = False
     percdamp: float = 0.01
     block_size: int = 128
-    qtype: Optional[str] = None  # a GGUF block type: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+    qtype: Optional[str] = None  # a GGUF block type (GPTQ_GGUF_GRIDS)
+    # GGUF grids: block scales from llama.cpp's importance-weighted search with diag(H) as
+    # the importance matrix (what llama-quantize --imatrix does), instead of its plain rule.
+    weighted_fit: bool = True
 
 
 def gptq_linear(
@@ -61,7 +66,7 @@ def gptq_linear(
     w = np.ascontiguousarray(w, dtype=np.float32)
     h = np.ascontiguousarray(h, dtype=np.float32)
     if spec.qtype is not None and spec.qtype not in GPTQ_GGUF_GRIDS:
-        # A GGUF type without a GPTQ grid yet (K-quants, IQ4): llama.cpp's own quantizer.
+        # A GGUF type without a GPTQ grid yet (IQ4): llama.cpp's own quantizer.
         return gguf_rtn(w, spec.qtype)
     if device == "cpu" or spec.qtype is not None:
         res = _native.gptq_quantize(
@@ -75,6 +80,7 @@ def gptq_linear(
             percdamp=spec.percdamp,
             block_size=spec.block_size,
             qtype=spec.qtype,
+            weighted_fit=spec.weighted_fit,
         )
         res["qtype"] = spec.qtype
         return res

@@ -1,8 +1,8 @@
 """Round-to-nearest on GPTQ's grids: the baseline every GPTQ report compares against.
 
-The same grids (uniform min/max per group, or a GGUF block type's own scale rule, which is
-what llama.cpp's reference quantizer writes) fitted to the original weights, with no
-calibration data and no error feedback.
+The same grids fitted to the original weights, with no calibration data and no error
+feedback: uniform min/max per group, or for a GGUF block type llama.cpp's own quantizer
+without an importance matrix (byte-identical with ``llama-quantize``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _native
-from .gptq import GPTQ_GGUF_GRIDS, GridSpec, decoder_layers, gguf_rtn
+from .gptq import GridSpec, decoder_layers, gguf_rtn
 
 
 def rtn_model(
@@ -33,7 +33,7 @@ def rtn_model(
             if spec is None:
                 continue
             w = np.ascontiguousarray(mod.weight.detach().float().cpu().numpy())
-            if spec.qtype is not None and spec.qtype not in GPTQ_GGUF_GRIDS:
+            if spec.qtype is not None:
                 res = gguf_rtn(w, spec.qtype)
             else:
                 res = _native.rtn_quantize(
