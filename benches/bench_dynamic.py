@@ -179,6 +179,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--kl-windows", type=int, default=2)
     ap.add_argument("--llama-quantize", help="llama.cpp's llama-quantize binary (optional)")
     ap.add_argument("--presets", default=",".join(PRESETS))
+    ap.add_argument("--candidates", help="candidate types of the dynamic files (default: all)")
+    ap.add_argument("--tag", default="", help="suffix of the dynamic files and the results")
     ap.add_argument(
         "--stage",
         default="all",
@@ -210,6 +212,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     probe.close()
     results: dict[str, Any] = {"budgets": [], "curve": []}
 
+    cands = tuple(args.candidates.split(",")) if args.candidates else None
+
     def dyn(name: str, **target: Any) -> Any:
         """quantize_dynamic, or the file already made for this budget (its report)."""
         from ferroquant.dynamic import DynamicSummary, report_paths
@@ -230,7 +234,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         t0 = time.perf_counter()
         s = quantize_dynamic(
             model_dir, out, calib=args.calib, cache_dir=str(cache), progress=False,
-            nsamples=args.windows, seqlen=args.sens_seqlen, **target,
+            nsamples=args.windows, seqlen=args.sens_seqlen, candidates=cands, **target,
         )  # fmt: skip
         print(f"{name}: {s.text()} ({time.perf_counter() - t0:.0f} s)", flush=True)
         return s
@@ -250,6 +254,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "sensitivity_windows": args.windows,
             "sensitivity_seqlen": args.sens_seqlen,
             "imatrix": imat_file,
+            "candidates": args.candidates or "default",
             "reference": "F32 GGUF of the float export, our runtime",
             "eval_text": "fixtures/wikitext-2-raw-test.txt from its start",
             "loadavg_start": load,
@@ -262,10 +267,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         }
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_dynamic.json").write_text(json.dumps(results, indent=1))
-        (out / "bench_dynamic.md").write_text(_markdown(results))
+        (out / f"bench_dynamic{args.tag}.json").write_text(json.dumps(results, indent=1))
+        (out / f"bench_dynamic{args.tag}.md").write_text(_markdown(results))
         if final:
-            print((out / "bench_dynamic.md").read_text())
+            print((out / f"bench_dynamic{args.tag}.md").read_text())
 
     def want(stage: str) -> bool:
         return args.stage in ("all", stage)
@@ -278,7 +283,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         entry: dict[str, Any] = {"preset": preset, "budget_bytes": budget}
         if want("uniform"):
             entry["uniform"] = _eval(p_path, text, ref, args)
-        s = dyn(f"dynamic-{preset}", target_size=budget)
+        s = dyn(f"dynamic{args.tag}-{preset}", target_size=budget)
         if s is not None:
             summaries[preset] = s
             imat_file = s.imatrix
@@ -316,7 +321,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(json.dumps(entry, indent=1), flush=True)
             save()
     if args.pairs > 0 and summaries and want("proxy"):
-        pj = work / f"proxy-{args.pairs}x{args.kl_windows}.json"
+        pj = work / f"proxy{args.tag}-{args.pairs}x{args.kl_windows}.json"
         if pj.is_file():
             results["proxy"] = json.loads(pj.read_text())
         else:
@@ -328,7 +333,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not want("curve"):
             break
         try:
-            s = dyn(f"dynamic-{bpw:.2f}bpw", target_bpw=bpw)
+            s = dyn(f"dynamic{args.tag}-{bpw:.2f}bpw", target_bpw=bpw)
         except ValueError as err:
             results["curve"].append({"target_bpw": bpw, "error": str(err)})
             continue
@@ -355,7 +360,8 @@ def _markdown(r: dict[str, Any]) -> str:
         f"({s['sensitivity_windows']} windows of {s['sensitivity_seqlen']} tokens; the same importance matrix for the preset+imatrix "
         f"files and the dynamic files). Load average {s['loadavg_start'][0]:.1f} -> "
         f"{s['loadavg_end'][0]:.1f} on {s['cpus']} CPUs; {s['wall_s']:.0f} s"
-        f"{'' if s.get('complete') else ' (PARTIAL: the run is still going or stopped)'}.",
+        f"{'' if s.get('complete') else ' (PARTIAL: the run is still going or stopped)'}. "
+        f"Dynamic candidate types: {s.get('candidates', 'default')}.",
         "",
         "| budget (preset size) | file | bytes | bpw | KL | top-1 | ppl |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
