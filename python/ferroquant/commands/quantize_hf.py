@@ -25,6 +25,12 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     sym.add_argument("--asym", dest="sym", action="store_false")
     g.add_argument("--percdamp", type=float, default=0.01, help="damping (default 0.01)")
     g.add_argument(
+        "--plain-scales",
+        action="store_true",
+        help="GPTQ onto GGUF: llama.cpp's plain block scale rule instead of its search "
+        "weighted by the Hessian diagonal (the default)",
+    )
+    g.add_argument(
         "--format",
         choices=("gptq", "awq", "gguf"),
         default=None,
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         act_order=args.act_order,
         static_groups=args.static_groups,
         percdamp=args.percdamp,
+        weighted_fit=not getattr(args, "plain_scales", False),
         format=args.format or "gptq",
         gguf_type=args.type if args.format == "gguf" else None,
         calib=args.calib,
