@@ -849,55 +849,51 @@ class _Comparison:
             "ferroquant": __version__,
         }
 
-    def evaluate_all(self, entries: list[Entry], ref: Entry) -> None:
+    def evaluate(self, e: Entry, ref: Entry, cached_ref: CachedReference) -> None:
+        """Perplexity, KL divergence and top-1 of ``e`` against the reference (cached by the
+        file's size and mtime, the reference, the text and the windows), then tokens/s."""
         from .eval import evaluate
         from .runtime import Model
 
-        cached_ref = CachedReference(Path(ref.path), self.ctx, self.threads)  # type: ignore[arg-type]
-        todo = sorted((e for e in entries if e.ok), key=lambda e: e.role != "reference")
-        text: Optional[str] = None
-        try:
-            for i, e in enumerate(todo, 1):
-                tag = f"[eval {i}/{len(todo)}] {e.name}"
-                side = self.cache / f"eval-{e.name}.json"
-                key = self.eval_key(e, ref)
-                rec = _read_json(side)
-                if not self.force and rec and rec.get("key") == key:
-                    log.info("%s: cached", tag)
-                    res = rec["result"]
-                else:
-                    if text is None:
-                        text = self.eval_text(cached_ref.tokenize)
-                    log.info("%s: %d windows of %d tokens", tag, self.chunks, self.ctx)
-                    t0 = time.perf_counter()
-                    if e.role == "reference":  # its logits fill the cache for the others
-                        res = evaluate(cached_ref, text, self.ctx, self.chunks, None, self.progress)
-                        res.update(kld=0.0, top1=1.0, ref_ppl=res["ppl"])
-                    else:
-                        model = Model.load(e.path, n_ctx=self.ctx, n_threads=self.threads)  # type: ignore[arg-type]
-                        res = evaluate(
-                            model, text, self.ctx, self.chunks, cached_ref, self.progress
-                        )
-                        del model
-                    res["eval_s"] = time.perf_counter() - t0
-                    _write_atomic(side, json.dumps({"key": key, "result": res}, indent=2))
-                    log.info(
-                        "%s: ppl %.3f, KL %.5f, top-1 %.3f (%.1f s)",
-                        tag,
-                        res["ppl"],
-                        res["kld"],
-                        res["top1"],
-                        res["eval_s"],
-                    )
-                e.ppl, e.ppl_stderr = res["ppl"], res["ppl_stderr"]
-                e.kld, e.top1 = res["kld"], res["top1"]
-                e.info["eval"] = {
-                    k: res[k] for k in ("tokens", "chunks", "ctx", "ref_ppl", "eval_s") if k in res
-                }
-                if self.bench:
-                    self.bench_one(e, tag)
-        finally:
-            cached_ref.close()
+        if not e.ok:
+            return
+        tag = f"[eval] {e.name}"
+        side = self.cache / f"eval-{e.name}.json"
+        key = self.eval_key(e, ref)
+        rec = _read_json(side)
+        if not self.force and rec and rec.get("key") == key:
+            log.info("%s: cached", tag)
+            res = rec["result"]
+        else:
+            if self._eval_text is None:
+                self._eval_text = self.eval_text(cached_ref.tokenize)
+            text = self._eval_text
+            log.info("%s: %d windows of %d tokens", tag, self.chunks, self.ctx)
+            t0 = time.perf_counter()
+            if e.role == "reference":  # its logits fill the cache for the others
+                res = evaluate(cached_ref, text, self.ctx, self.chunks, None, self.progress)
+                res.update(kld=0.0, top1=1.0, ref_ppl=res["ppl"])
+            else:
+                model = Model.load(e.path, n_ctx=self.ctx, n_threads=self.threads)  # type: ignore[arg-type]
+                res = evaluate(model, text, self.ctx, self.chunks, cached_ref, self.progress)
+                del model
+            res["eval_s"] = time.perf_counter() - t0
+            _write_atomic(side, json.dumps({"key": key, "result": res}, indent=2))
+            log.info(
+                "%s: ppl %.3f, KL %.5f, top-1 %.3f (%.1f s)",
+                tag,
+                res["ppl"],
+                res["kld"],
+                res["top1"],
+                res["eval_s"],
+            )
+        e.ppl, e.ppl_stderr = res["ppl"], res["ppl_stderr"]
+        e.kld, e.top1 = res["kld"], res["top1"]
+        e.info["eval"] = {
+            k: res[k] for k in ("tokens", "chunks", "ctx", "ref_ppl", "eval_s") if k in res
+        }
+        if self.bench:
+            self.bench_one(e, tag)
 
     def bench_one(self, e: Entry, tag: str) -> None:
         from .commands.bench import bench_model
@@ -953,14 +949,51 @@ class _Comparison:
             + len(self.types) * len(others)
         )  # fmt: skip
         found: dict[str, Entry] = {}
+        ref = self.make("float", REFERENCE_TYPE, "reference", self.convert_to(REFERENCE_TYPE))
+        n_weights, _ = _tensor_summary(Path(ref.path))  # type: ignore[arg-type]
+        cached_ref = CachedReference(Path(ref.path), self.ctx, self.threads)  # type: ignore[arg-type]
+        self._eval_text: Optional[str] = None
 
         def add(e: Entry) -> None:
-            if e.name not in found or found[e.name].role == "baseline":
-                found[e.name] = e
+            """Keep ``e`` and evaluate it now (results survive an interrupted run)."""
+            if e.name in found and found[e.name].role != "baseline" and e.ok:
+                return
+            found[e.name] = e
+            if e.ok and e.size_bytes is not None:
+                e.size_mib = e.size_bytes / 2**20
+                e.bpw = e.size_bytes * 8 / n_weights
+            self.evaluate(e, ref, cached_ref)  # a repeat (same file) comes from the cache
 
-        ref = self.make("float", REFERENCE_TYPE, "reference", self.convert_to(REFERENCE_TYPE))
+        try:
+            self._make_all(add, ref, baselines, need_uniform, others)
+        finally:
+            cached_ref.close()
+        entries = list(found.values())
+        if self.imatrix_path is not None and not self.imatrix_arg:
+            for e in entries:
+                if e.method in ("imatrix", "dynamic") and e.ok:
+                    e.info["imatrix_s"] = self.imatrix_seconds()
+        return CompareReport(
+            model_dir=str(self.model_dir),
+            out_dir=str(self.out),
+            n_weights=int(n_weights),
+            entries=entries,
+            settings=self.settings(),
+            versions=versions(),
+            machine=machine(self.threads, self.load_start),
+            wall_s=time.perf_counter() - t_start,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+
+    def _make_all(
+        self,
+        add: Callable[[Entry], None],
+        ref: Entry,
+        baselines: list[tuple[str, str]],
+        need_uniform: bool,
+        others: list[str],
+    ) -> None:
         add(ref)
-        n_weights, _ = _tensor_summary(Path(ref.path))  # type: ignore[arg-type]
         for method, t in baselines:
             add(self.make(method, t, "baseline", self.convert_to(t)))
         # the uniform presets first: rtn's results and the dynamic method's size targets
@@ -987,27 +1020,6 @@ class _Comparison:
                             error=f"{type(err).__name__}: {err}",
                         )
                     )
-        entries = list(found.values())
-        for e in entries:
-            if e.ok and e.size_bytes is not None:
-                e.size_mib = e.size_bytes / 2**20
-                e.bpw = e.size_bytes * 8 / n_weights
-        self.evaluate_all(entries, ref)
-        if self.imatrix_path is not None and not self.imatrix_arg:
-            for e in entries:
-                if e.method in ("imatrix", "dynamic") and e.ok:
-                    e.info["imatrix_s"] = self.imatrix_seconds()
-        return CompareReport(
-            model_dir=str(self.model_dir),
-            out_dir=str(self.out),
-            n_weights=int(n_weights),
-            entries=entries,
-            settings=self.settings(),
-            versions=versions(),
-            machine=machine(self.threads, self.load_start),
-            wall_s=time.perf_counter() - t_start,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        )
 
     def settings(self) -> dict[str, Any]:
         return {
