@@ -709,6 +709,7 @@ impl Block for BlockQ5K {
 
 // ---------------------------------------------------------------- Q6_K
 
+#[inline(always)]
 fn quantize_q6k(x: &[f32; QK_K], qw: Option<&[f32]>, y: &mut BlockQ6K) {
     let mut codes = [[0i8; 16]; 16];
     let scales = make_qx_quants_lanes::<16, 16>(32, x, &mut codes, qw);
@@ -779,10 +780,10 @@ dispatch! {
     }
 }
 
-impl Block for BlockQ6K {
-    const QTYPE: QType = QType::Q6_K;
-
-    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+dispatch! {
+    /// The lane-parallel search 8 lanes wide where the CPU has AVX2 (integer-exact
+    /// rounding, no reassociation: the same bytes on every path).
+    fn quantize_q6k_row(src: &[f32], dst: &mut [BlockQ6K], imatrix: Option<&[f32]>) {
         for (i, (y, x)) in dst.iter_mut().zip(src.chunks_exact(QK_K)).enumerate() {
             quantize_q6k(
                 block_of(x),
@@ -790,6 +791,14 @@ impl Block for BlockQ6K {
                 y,
             );
         }
+    }
+}
+
+impl Block for BlockQ6K {
+    const QTYPE: QType = QType::Q6_K;
+
+    fn quantize_row(src: &[f32], dst: &mut [Self], imatrix: Option<&[f32]>) {
+        quantize_q6k_row(src, dst, imatrix);
     }
 
     fn dequantize_row(src: &[Self], dst: &mut [f32]) {
@@ -880,6 +889,45 @@ mod tests {
             "{}",
             B::QTYPE.name()
         );
+    }
+
+    /// The AVX2 build of the Q6_K search writes the portable path's bytes.
+    #[test]
+    fn q6k_paths_agree() {
+        let mut s = 0x0dd_ba11_cafe_f00du64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let mut x: Vec<f32> = (0..QK_K * 16).map(|_| next()).collect();
+        x[..QK_K].iter_mut().for_each(|v| *v *= 1e-30);
+        x[QK_K..QK_K + 16].iter_mut().for_each(|v| *v = 0.0);
+        let w: Vec<f32> = (0..QK_K * 16).map(|_| next() + 0.5).collect();
+        for imatrix in [None, Some(&w[..])] {
+            let runs: Vec<Vec<u8>> = crate::quants::legacy::all_levels()
+                .into_iter()
+                .map(|path| {
+                    crate::quants::legacy::FORCE_LEVEL.with(|c| c.set(Some(path)));
+                    let mut b = vec![BlockQ6K::zeroed(); 16];
+                    for (k, (row, out)) in
+                        x.chunks_exact(QK_K).zip(b.chunks_exact_mut(1)).enumerate()
+                    {
+                        BlockQ6K::quantize_row(
+                            row,
+                            out,
+                            imatrix.map(|w| &w[QK_K * k..QK_K * (k + 1)]),
+                        );
+                    }
+                    crate::quants::legacy::FORCE_LEVEL.with(|c| c.set(None));
+                    bytemuck::cast_slice(&b).to_vec()
+                })
+                .collect();
+            for r in &runs[1..] {
+                assert_eq!(r, &runs[0], "imatrix={}", imatrix.is_some());
+            }
+        }
     }
 
     /// The run-at-a-time K-quant dequantizers give, bit for bit, the per-weight

@@ -451,6 +451,32 @@ fn select<const G: usize>(mask: &[bool; G], new: &[f32; G], old: &mut [f32; G]) 
     }
 }
 
+/// Codes and the two weighted sums of [`make_qx_quants_lanes`] for one inverse scale
+/// per lane (a function, not a closure, so that it inlines into AVX2 builds).
+#[inline(always)]
+fn lanes_search<const N: usize, const G: usize>(
+    nmax: i32,
+    xt: &[[f32; G]; N],
+    w: &[[f32; G]; N],
+    wx: &[[f32; G]; N],
+    iscale: &[f32; G],
+    lf: &mut [[f32; G]; N],
+) -> ([f32; G], [f32; G]) {
+    for i in 0..N {
+        for g in 0..G {
+            lf[i][g] = nearest_int(iscale[g] * xt[i][g]).max(-nmax).min(nmax - 1) as f32;
+        }
+    }
+    let (mut sumlx, mut suml2) = ([0f32; G], [0f32; G]);
+    for i in 0..N {
+        for g in 0..G {
+            sumlx[g] += wx[i][g] * lf[i][g];
+            suml2[g] += w[i][g] * lf[i][g] * lf[i][g];
+        }
+    }
+    (sumlx, suml2)
+}
+
 /// The signed absmax and the absmax of every lane (first one on ties).
 #[inline(always)]
 fn lanes_signed_absmax<const N: usize, const G: usize>(xt: &[[f32; G]; N]) -> ([f32; G], [f32; G]) {
@@ -468,7 +494,9 @@ fn lanes_signed_absmax<const N: usize, const G: usize>(xt: &[[f32; G]; N]) -> ([
 
 /// [`make_qx_quants`] with `rmse_type == 1` on G groups of N values
 /// (`x[N * g + i]`), weights `qw` laid out the same way (x² when `None`).
-/// Writes the codes of group g to `l[g]` and returns the scales.
+/// Writes the codes of group g to `l[g]` and returns the scales. Inlined, so that
+/// the callers' AVX2 builds (`dispatch!`) vectorize it 8 lanes wide.
+#[inline(always)]
 pub fn make_qx_quants_lanes<const N: usize, const G: usize>(
     nmax: i32,
     x: &[f32],
@@ -483,22 +511,8 @@ pub fn make_qx_quants_lanes<const N: usize, const G: usize>(
     let wx: [[f32; G]; N] = std::array::from_fn(|i| std::array::from_fn(|g| w[i][g] * xt[i][g]));
     let (max, amax) = lanes_signed_absmax(&xt);
     let nmaxf = nmax as f32;
-    // Codes and the two weighted sums for one inverse scale per lane.
-    let search = |iscale: &[f32; G], lf: &mut [[f32; G]; N]| {
-        for i in 0..N {
-            for g in 0..G {
-                lf[i][g] = nearest_int(iscale[g] * xt[i][g]).max(-nmax).min(nmax - 1) as f32;
-            }
-        }
-        let (mut sumlx, mut suml2) = ([0f32; G], [0f32; G]);
-        for i in 0..N {
-            for g in 0..G {
-                sumlx[g] += wx[i][g] * lf[i][g];
-                suml2[g] += w[i][g] * lf[i][g] * lf[i][g];
-            }
-        }
-        (sumlx, suml2)
-    };
+    let search =
+        |iscale: &[f32; G], lf: &mut [[f32; G]; N]| lanes_search(nmax, &xt, &w, &wx, iscale, lf);
     let iscale: [f32; G] = std::array::from_fn(|g| -nmaxf / max[g]);
     let mut best_l = [[0f32; G]; N];
     let (sumlx, suml2) = search(&iscale, &mut best_l);
