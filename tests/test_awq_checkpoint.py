@@ -213,22 +213,13 @@ def test_cli_format_awq(tmp_path: Path, wikitext_path: Path, capsys: Any) -> Non
     assert not (tmp_path / "x").exists()
 
 
-def _awq_backend() -> str:
-    """The reason no AWQ backend is importable, or '' when one is."""
-    import importlib.util
-
-    for mod in ("gptqmodel", "awq"):
-        if importlib.util.find_spec(mod) is not None:
-            return ""
-    return "no AWQ backend for transformers (gptqmodel / autoawq) installed here"
-
-
 def test_transformers_loads_the_checkpoint(tmp_path: Path) -> None:
+    """transformers >= 5 loads AWQ checkpoints through gptqmodel (on the CPU its torch
+    kernel): ``pip install --no-deps gptqmodel`` plus its import-time needs (pypcre, logbar,
+    device-smi, tokenicer, defuser, threadpoolctl) is enough; not part of the default venv."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    why = _awq_backend()
-    if why:
-        pytest.skip(why)
+    pytest.importorskip("gptqmodel", reason="no AWQ backend for transformers (gptqmodel) here")
     model = _tiny()
     res = ac.write_checkpoint(tmp_path / "c", model, 32)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(
@@ -241,8 +232,9 @@ def test_transformers_loads_the_checkpoint(tmp_path: Path) -> None:
         ref = model(input_ids=ids).logits
         out = loaded(input_ids=ids).logits.float()
     assert res["linears"] == 14
-    # float16 activations in the AWQ kernel against our float32 dequantized model
-    assert float((out - ref).abs().max()) < 2e-2 * float(ref.abs().max()) + 1e-2
+    # float16 activations in the AWQ kernel against our float32 dequantized model (a wrong
+    # nibble order or zero-point convention is off by the size of the logits)
+    assert float((out - ref).abs().max()) < 5e-3 * float(ref.abs().max()) + 1e-3
 
 
 # ---- bad imatrix input through the CLI ------------------------------------------------------

@@ -585,3 +585,56 @@ def compute_hf(
     out.datasets = [str(calib)]
     out.source = str(model_dir)
     return out
+
+
+# ---- computing from a GGUF model with our runtime -------------------------------------------
+
+
+def compute_gguf(
+    model_path: PathLike,
+    calib: PathLike,
+    nsamples: Optional[int] = None,
+    seqlen: int = DEFAULT_CHUNK_SIZE,
+    n_threads: int = 0,
+    process_output: bool = False,
+    progress: bool = True,
+) -> ImportanceMatrix:
+    """Compute an importance matrix from a GGUF model with our CPU runtime (no torch), as
+    ``llama-imatrix -m MODEL -f CALIB -c SEQLEN -b SEQLEN [--chunks NSAMPLES]`` does: the
+    text tokenized by the model's own tokenizer, consecutive chunks of ``seqlen`` tokens
+    (BOS first when the model adds one), each evaluated from an empty context.
+    ``output.weight`` is left out unless ``process_output`` (llama-imatrix's default)."""
+    from .runtime import Model
+
+    model_path = Path(model_path)
+    model = Model.load(model_path, n_ctx=seqlen, n_threads=n_threads)
+    collect = getattr(model, "collect_activation_stats", None)
+    if collect is None:
+        raise ImatrixError(
+            f"{model_path}: this build's runtime cannot collect activation statistics; "
+            "compute the imatrix from the Hugging Face checkpoint instead"
+        )
+    text = _read_calib_text(calib)
+
+    def tok(t: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": model.tokenize(t, add_special=add_special_tokens)}
+
+    ids = _tokenize_prefix(tok, text, None if nsamples is None else int(nsamples) * seqlen)
+    bos = model.bos_id if model.add_bos else None
+    windows = token_windows(ids, seqlen, nsamples, bos)
+    try:
+        raw = collect(windows, progress=progress)
+    except AttributeError as err:  # a Python layer newer than the built extension
+        raise ImatrixError(
+            f"{model_path}: this build's runtime cannot collect activation statistics ({err})"
+        ) from err
+    out = ImportanceMatrix(chunk_count=len(windows), chunk_size=seqlen, source=str(model_path))
+    for name in sorted(raw):
+        if name == "output.weight" and not process_output:
+            continue
+        sums, count = raw[name]
+        out.add(name, np.asarray(sums, dtype=np.float64), float(count))
+    if not out.entries:
+        raise ImatrixError(f"{model_path}: the runtime gathered no statistics")
+    out.datasets = [str(calib)]
+    return out
