@@ -88,6 +88,12 @@ def test_allocation_impossible_budget() -> None:
 
 
 @pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One statistics cache for the module: the Fisher pass runs once."""
+    return tmp_path_factory.mktemp("dyn-cache")
+
+
+@pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 256-wide rows take the K-quants; the 64-wide... none here; SmolLM2-like 576 rows are
     # covered by candidates_for below
@@ -114,10 +120,9 @@ def test_candidates_respect_blocks() -> None:
     assert set(candidates_for(1536, DEFAULT_CANDIDATES)) == set(DEFAULT_CANDIDATES)
 
 
-def test_budget_respected_on_the_file(tiny: Path, tmp_path: Path) -> None:
+def test_budget_respected_on_the_file(tiny: Path, tmp_path: Path, cache: Path) -> None:
     from ferroquant.runtime import Model
 
-    cache = tmp_path / "cache"
     results = []
     for bpw in (4.0, 5.0, 6.5):
         out = tmp_path / f"dyn-{bpw}.gguf"
@@ -145,14 +150,15 @@ def test_budget_respected_on_the_file(tiny: Path, tmp_path: Path) -> None:
     assert s.n_bytes <= target
 
 
-def test_impossible_budget_names_the_smallest(tiny: Path, tmp_path: Path) -> None:
+def test_impossible_budget_names_the_smallest(tiny: Path, tmp_path: Path, cache: Path) -> None:
     with pytest.raises(ValueError, match=r"smallest file .* \d+ bytes \([0-9.]+ bits per weight"):
-        _run(tiny, tmp_path / "x.gguf", tmp_path / "c", target_bpw=1.0)
+        _run(tiny, tmp_path / "x.gguf", cache, target_bpw=1.0)
     assert not (tmp_path / "x.gguf").exists()
     with pytest.raises(ValueError, match="exactly one"):
-        _run(tiny, tmp_path / "x.gguf", tmp_path / "c")
+        _run(tiny, tmp_path / "x.gguf", cache)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TORCH, reason="Fisher statistics need torch")
 def test_fisher_proxy_tracks_real_kl(tiny: Path) -> None:
     """The second-order damage against the real single-tensor KL on the same windows."""
@@ -185,14 +191,14 @@ def test_fisher_proxy_tracks_real_kl(tiny: Path) -> None:
     assert spearman(proxy, kl) > 0.8
 
 
-def test_cli(tiny: Path, tmp_path: Path) -> None:
+def test_cli(tiny: Path, tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "cli.gguf"
 
     def cli(*target: str) -> subprocess.CompletedProcess[str]:
         cmd = [
             sys.executable, "-m", "ferroquant", "quantize", str(tiny), "-o", str(out),
             "--method", "dynamic", *target, "--calib", "wikitext-tail",
-            "--sensitivity-windows", "2", "--sensitivity-seqlen", "32", "--cache-dir", str(tmp_path / "c"),
+            "--sensitivity-windows", "2", "--sensitivity-seqlen", "32", "--cache-dir", str(cache),
             "--no-progress",
         ]  # fmt: skip
         return subprocess.run(cmd, capture_output=True, text=True)
@@ -207,13 +213,14 @@ def test_cli(tiny: Path, tmp_path: Path) -> None:
     assert r.returncode != 0 and "--target-bpw" in r.stderr
 
 
+@pytest.mark.peer
 @pytest.mark.skipif(not HAS_LLAMA, reason="llama-cpp-python is not installed")
-def test_llama_cpp_runs_the_file(tiny: Path, tmp_path: Path) -> None:
+def test_llama_cpp_runs_the_file(tiny: Path, tmp_path: Path, cache: Path) -> None:
     from ferroquant.eval import LlamaCppModel
     from ferroquant.runtime import Model
 
     out = tmp_path / "peer.gguf"
-    _run(tiny, out, tmp_path / "c", target_bpw=5.0)
+    _run(tiny, out, cache, target_bpw=5.0)
     ours = Model.load(out)
     peer = LlamaCppModel(str(out), n_ctx=64)
     ids = ours.tokenize("In 1889 the tower opened to the public")
