@@ -29,13 +29,40 @@ def random_weights(qtype: str, rows: int, cols: int, rng: np.random.Generator) -
     return raw.reshape(rows, -1)
 
 
-def as_kernel_sees(x: np.ndarray) -> np.ndarray:
-    """Activations after the kernels' 8-bit quantization (absmax/127 per 32, f16 scale)."""
+K_TYPES = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}
+
+
+def rne(v: np.ndarray) -> np.ndarray:
+    return np.rint(v)  # numpy rounds half to even, as ggml's nearest_int
+
+
+def as_kernel_sees(x: np.ndarray, qtype: str) -> np.ndarray:
+    """The activations in the weight type's ggml ``vec_dot_type``, as f32."""
+    if qtype == "F32":
+        return x
+    if qtype == "F16":
+        return x.astype(np.float16).astype(np.float32)
+    if qtype == "BF16":
+        bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+        return bits.astype(np.uint32).view(np.float32)
+    if qtype in K_TYPES:  # block_q8_K: signed max of each 256, iscale = -127 / max
+        b = x.reshape(-1, 256).astype(np.float32)
+        idx = np.abs(b).argmax(axis=1)
+        mx = b[np.arange(len(b)), idx][:, None]
+        iscale = np.where(mx != 0, np.float32(-127) / np.where(mx != 0, mx, 1), 0).astype(
+            np.float32
+        )
+        q = np.minimum(rne(b * iscale), 127)
+        d = np.where(mx != 0, np.float32(1) / np.where(iscale != 0, iscale, 1), 0)
+        return (q * d.astype(np.float32)).reshape(x.shape)
+    # block_q8_0 / q8_1: d = amax/127 kept at f16, codes round(x * 127/amax)
     blocks = x.reshape(-1, 32).astype(np.float32)
-    d = np.abs(blocks).max(axis=1, keepdims=True) / 127
-    inv = np.where(d > 0, 1 / np.where(d > 0, d, 1), 0)
-    q = np.clip(np.round(blocks * inv), -127, 127)
-    return (q * d.astype(np.float16).astype(np.float32)).reshape(x.shape)
+    amax = np.abs(blocks).max(axis=1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.clip(rne(blocks * inv), -127, 127)
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+    return (q * d).reshape(x.shape)
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -46,13 +73,25 @@ def test_matmul_matches_dequantize_then_dot(qtype: str, ntok: int) -> None:
     w = random_weights(qtype, rows, cols, rng)
     wf = quants.dequantize(w, qtype, (rows, cols)).astype(np.float64)
     x = rng.standard_normal((ntok, cols)).astype(np.float32)
-    xs = x if qtype in ("F32", "F16", "BF16") else as_kernel_sees(x)
+    xs = as_kernel_sees(x, qtype)
     want = xs.astype(np.float64) @ wf.T
     tol = 1e-5 * (np.abs(xs) @ np.abs(wf).T).max() + 1e-6
-    for portable in (False, True):
-        got = _native.matmul(w, qtype, rows, cols, x, portable)
+    portable = _native.matmul(w, qtype, rows, cols, x, True)
+    for tier in _native.simd_tiers():
+        got = _native.matmul(w, qtype, rows, cols, x, isa=tier)
         assert got.shape == (ntok, rows)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=tol, err_msg=f"portable={portable}")
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=tol, err_msg=f"tier {tier}")
+        # The same integer sums in every tier: only the order of float additions differs.
+        np.testing.assert_allclose(got, portable, rtol=1e-5, atol=tol / 4, err_msg=tier)
+
+
+def test_simd_tiers_include_portable() -> None:
+    tiers = _native.simd_tiers()
+    assert tiers[0] == "portable"
+    assert _native.simd_isa()
+    with pytest.raises(ValueError, match="tier"):
+        _native.matmul(np.zeros((1, 18), np.uint8), "Q4_0", 1, 32, np.zeros((1, 32), np.float32),
+                       isa="sse9")  # fmt: skip
 
 
 def test_matmul_rejects_bad_shapes() -> None:

@@ -1,9 +1,12 @@
-"""Run GGUF models on the CPU: ``Model.load(path)``, ``.tokenize``, ``.logits``, ``.generate``.
+"""Run GGUF models on the CPU: ``Model.load(path)``, ``.tokenize``, ``.logits``, ``.generate``,
+and ``.collect_activation_stats`` (the importance-matrix statistic).
 
-gguf-py reads the container (metadata, tensor table); the Rust runtime memory-maps the file and
-runs the whole forward pass (embedding, RMSNorm, rotary, grouped-query attention with a KV cache,
-SwiGLU MLP, output head) once per step, reading the quantized weights in place. Architectures:
-llama (Llama, Mistral, SmolLM2), qwen2, qwen3.
+:mod:`ferroquant.gguf_header` reads the container (metadata, tensor table); the Rust runtime
+memory-maps the file and runs the whole forward pass (embedding, RMSNorm, rotary with the file's
+scaling, grouped-query attention over an f16 KV cache, SwiGLU MLP, output head) once per step,
+reading the quantized weights in place with llama.cpp's numerics (activations converted to each
+weight type's ggml ``vec_dot_type``, integer dot products). Architectures: llama (Llama,
+Mistral, SmolLM2), qwen2, qwen3.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import numpy as np
 from gguf import GGUFValueType
 
 from . import _native
-from .gguf_io import GGUFError, field_value, open_gguf
+from .gguf_header import GGUFHeader, read_header
+from .gguf_io import GGUFError
 
 PathLike = Union[str, Path]
 
@@ -31,26 +35,32 @@ class ModelError(ValueError):
     """A model that cannot be run, or a request it cannot serve; the message says why."""
 
 
-def _hparams(reader: Any, arch: str) -> dict[str, float]:
+# llama.cpp's rope scaling types, as the numbers the Rust side takes (rope.scaling.type_id).
+ROPE_SCALING_TYPES = {"none": 0.0, "linear": 1.0, "yarn": 2.0}
+
+
+def _hparams(header: GGUFHeader, arch: str) -> dict[str, float]:
     out: dict[str, float] = {}
     prefix = f"{arch}."
-    for key, field in reader.fields.items():
-        if not key.startswith(prefix) or not field.types:
+    for key, (vtype, _sub, value) in header.kv.items():
+        if not key.startswith(prefix) or vtype in (GGUFValueType.ARRAY, GGUFValueType.STRING):
             continue
-        if field.types[0] in (GGUFValueType.ARRAY, GGUFValueType.STRING):
-            continue
-        value = field.contents()
         if isinstance(value, (int, float, bool)):
             out[key[len(prefix) :]] = float(value)
+    scaling = header.value(f"{arch}.rope.scaling.type")
+    if scaling is not None:
+        kind = str(scaling)
+        if kind not in ROPE_SCALING_TYPES:
+            raise ModelError(
+                f"{header.path}: rope scaling {kind!r} is not supported "
+                f"(supported: {', '.join(ROPE_SCALING_TYPES)})"
+            )
+        out["rope.scaling.type_id"] = ROPE_SCALING_TYPES[kind]
     return out
 
 
-def _tokenizer_meta(reader: Any) -> dict[str, Any]:
-    return {
-        key: field.contents()
-        for key, field in reader.fields.items()
-        if key.startswith("tokenizer.")
-    }
+def _tokenizer_meta(header: GGUFHeader) -> dict[str, Any]:
+    return {key: v[2] for key, v in header.kv.items() if key.startswith("tokenizer.")}
 
 
 class Model:
@@ -79,30 +89,30 @@ class Model:
         ``n_threads``: 0 uses every core.
         """
         path = Path(path)
-        reader = open_gguf(path)
-        arch = str(field_value(reader, "general.architecture", ""))
+        header = read_header(path)
+        arch = str(header.value("general.architecture", ""))
         if arch not in SUPPORTED_ARCHS:
             raise ModelError(
                 f"{path}: architecture {arch!r} is not supported by the runtime "
                 f"(supported: {', '.join(SUPPORTED_ARCHS)})"
             )
-        hparams = _hparams(reader, arch)
+        hparams = _hparams(header, arch)
         tensors = [
-            (t.name, int(t.tensor_type), [int(v) for v in t.shape], int(t.data_offset))
-            for t in reader.tensors
+            (t.name, int(t.qtype), [int(v) for v in reversed(t.shape)], int(t.offset))
+            for t in header.tensors
         ]
         if "vocab_size" not in hparams:
-            embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+            embd = next((t for t in header.tensors if t.name == "token_embd.weight"), None)
             if embd is None:
                 raise ModelError(f"{path}: missing tensor 'token_embd.weight'")
-            hparams["vocab_size"] = float(int(embd.shape[-1]))
+            hparams["vocab_size"] = float(int(embd.shape[0]))
         train_ctx = int(hparams.get("context_length", DEFAULT_CTX))
         ctx = int(n_ctx) if n_ctx else min(train_ctx, DEFAULT_CTX)
         if ctx <= 0:
             raise ModelError(f"n_ctx must be positive, got {ctx}")
-        meta = _tokenizer_meta(reader)
-        weight_bytes = sum(int(t.n_bytes) for t in reader.tensors)
-        del reader
+        meta = _tokenizer_meta(header)
+        weight_bytes = sum(int(t.n_bytes) for t in header.tensors)
+        del header
         try:
             native = _native.Runtime(str(path), arch, hparams, tensors, ctx, int(n_threads))
         except NotImplementedError as err:
@@ -200,6 +210,39 @@ class Model:
                 f"{self.n_ctx} tokens"
             )
         return self._eval(ids, all_logits=False)[-1]
+
+    def collect_activation_stats(
+        self,
+        token_windows: Sequence[Sequence[int]],
+        progress: bool = False,
+    ) -> dict[str, tuple[np.ndarray, int]]:
+        """The importance-matrix statistic of llama.cpp's ``llama-imatrix``.
+
+        Each window of token ids is evaluated from an empty context (in batches of
+        ``N_BATCH``; the head's input is counted for every token); for every weight matrix
+        the input ``x`` of its product is accumulated as ``sums[j] += x[j]**2`` over all
+        tokens. Returns ``{tensor name: (sums, count)}``: ``sums`` a float64 array of one value
+        per input column (the matrix's row length), ``count`` the number of tokens that went
+        through it. Names are GGUF tensor names (``blk.0.attn_q.weight``, ...,
+        ``output.weight`` when the head is not tied to the embedding); ``attn_q/k/v`` share
+        one input, as do ``ffn_gate``/``ffn_up``. Divide by ``count`` for the mean squared
+        activation (what GGUF imatrix files store per column, times ``count``).
+        """
+        windows = [self._check_tokens(w) for w in token_windows]
+        if not windows:
+            raise ModelError("no token windows to collect statistics over")
+        self._rt.collect_stats(True)
+        try:
+            from tqdm import tqdm
+
+            for w in tqdm(windows, desc="imatrix", unit="window", disable=not progress):
+                self._rt.reset()
+                self._eval(w, all_logits=False)
+            raw = self._rt.take_stats()
+        finally:
+            self._rt.collect_stats(False)
+            self._rt.reset()
+        return {name: (np.asarray(v, dtype=np.float64), int(n)) for name, (v, n) in raw.items()}
 
     def generate_ids(
         self,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use numpy::{
-    IntoPyArray, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
     PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyValueError;
@@ -13,6 +13,9 @@ use pyo3::prelude::*;
 use crate::quants::QType;
 use crate::runtime::{sampling, Session, TensorSpec};
 use crate::simd::{self, Acts, WeightView};
+
+/// `{tensor name: (sums of squares per input column, token count)}`.
+type StatsDict<'py> = HashMap<String, (Bound<'py, PyArray1<f64>>, u64)>;
 
 /// Runtime(path, arch, hparams, tensors, n_ctx, n_threads=0)
 ///
@@ -63,6 +66,30 @@ impl Runtime {
         let logits = py.detach(|| session.forward(&tokens, all_logits))?;
         let rows = logits.len() / vocab;
         logits.into_pyarray(py).reshape([rows, vocab])
+    }
+
+    /// Start (`True`) or stop (`False`, dropping what was gathered) adding the
+    /// per-column sums of squared matmul inputs of every forward call.
+    fn collect_stats(&mut self, on: bool) {
+        self.session.stats = on.then(Default::default);
+    }
+
+    /// The statistics gathered since `collect_stats(True)`, and a fresh start:
+    /// {tensor name: (float64 sums of squares per input column, token count)}.
+    fn take_stats<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> PyResult<StatsDict<'py>> {
+        let stats = self
+            .session
+            .stats
+            .as_mut()
+            .ok_or_else(|| PyValueError::new_err("statistics are not being collected"))?;
+        let taken = std::mem::take(&mut stats.sums);
+        Ok(taken
+            .into_iter()
+            .map(|(k, (v, n))| (k, (v.into_pyarray(py), n)))
+            .collect())
     }
 
     /// Forget cached positions from `n` on.
@@ -131,12 +158,15 @@ impl Sampler {
     }
 }
 
-/// matmul(weight, qtype, rows, cols, x, portable=False) -> float32 (ntok, rows)
+/// matmul(weight, qtype, rows, cols, x, portable=False, isa=None) -> float32 (ntok, rows)
 ///
 /// The runtime's kernel: quantized weight bytes times f32 activations (which
-/// the kernel quantizes to 8 bits per 32 for the block types).
+/// the kernel first converts to the type's activation form, as ggml does).
+/// `isa`: "portable", "avx2", "avx512" or "neon" to pick a kernel tier (at
+/// most what the CPU has); `portable=True` is `isa="portable"`.
 #[pyfunction]
-#[pyo3(signature = (weight, qtype, rows, cols, x, portable=false))]
+#[pyo3(signature = (weight, qtype, rows, cols, x, portable=false, isa=None))]
+#[allow(clippy::too_many_arguments)]
 fn matmul<'py>(
     py: Python<'py>,
     weight: numpy::PyReadonlyArrayDyn<'py, u8>,
@@ -145,8 +175,21 @@ fn matmul<'py>(
     cols: usize,
     x: PyReadonlyArray2<'py, f32>,
     portable: bool,
+    isa: Option<&str>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     let qtype = QType::from_name(qtype)?;
+    let tier = match (portable, isa) {
+        (true, _) | (false, Some("portable")) => simd::Isa::Portable,
+        (false, None) => simd::isa_level(),
+        (false, Some("avx2")) => simd::Isa::Avx2,
+        (false, Some("avx512")) => simd::Isa::Avx512,
+        (false, Some("neon")) => simd::Isa::Neon,
+        (false, Some(other)) => {
+            return Err(PyValueError::new_err(format!(
+                "unknown kernel tier {other:?} (portable, avx2, avx512, neon)"
+            )))
+        }
+    };
     let bytes = weight
         .as_slice()
         .map_err(|_| PyValueError::new_err("weight must be a C-contiguous array"))?;
@@ -169,11 +212,7 @@ fn matmul<'py>(
         };
         let acts = Acts::new(xs, cols)?;
         let mut out = vec![0f32; ntok * rows];
-        if portable {
-            simd::matmul_portable(&view, &acts, &mut out)?;
-        } else {
-            simd::matmul(&view, &acts, &mut out)?;
-        }
+        simd::matmul_isa(&view, &acts, &mut out, tier)?;
         Ok(out)
     })?;
     out.into_pyarray(py).reshape([ntok, rows])
@@ -185,10 +224,25 @@ fn simd_isa() -> &'static str {
     simd::isa()
 }
 
+/// simd_tiers() -> the kernel tiers this CPU runs ("portable", "avx2", "avx512", "neon").
+#[pyfunction]
+fn simd_tiers() -> Vec<&'static str> {
+    simd::available_isas()
+        .into_iter()
+        .map(|i| match i {
+            simd::Isa::Portable => "portable",
+            simd::Isa::Avx2 => "avx2",
+            simd::Isa::Avx512 => "avx512",
+            simd::Isa::Neon => "neon",
+        })
+        .collect()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Runtime>()?;
     m.add_class::<Sampler>()?;
     m.add_function(wrap_pyfunction!(matmul, m)?)?;
     m.add_function(wrap_pyfunction!(simd_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_tiers, m)?)?;
     Ok(())
 }

@@ -1,12 +1,13 @@
-//! The key/value cache: f32 keys and values per layer and position, laid out
+//! The key/value cache: keys and values stored as f16 (llama.cpp's default
+//! `type_k = type_v = F16`), per layer and position, laid out
 //! `[layer][position][kv_head * head_dim]` so one head's keys are contiguous
 //! per position.
 
 use crate::error::{Error, Result};
 
 pub struct KvCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<u16>,
+    v: Vec<u16>,
     pub n_ctx: usize,
     pub n_past: usize,
     kv_dim: usize,
@@ -24,15 +25,15 @@ impl KvCache {
         let len = n_layer
             .checked_mul(n_ctx)
             .and_then(|v| v.checked_mul(kv_dim))
-            .filter(|&v| v <= (1usize << 34) / 8)
+            .filter(|&v| v <= (1usize << 34) / 4)
             .ok_or_else(|| {
                 Error::Value(format!(
                     "a KV cache of {n_ctx} positions × {n_layer} layers × {kv_dim} values is too large"
                 ))
             })?;
         Ok(KvCache {
-            k: vec![0f32; len],
-            v: vec![0f32; len],
+            k: vec![0u16; len],
+            v: vec![0u16; len],
             n_ctx,
             n_past: 0,
             kv_dim,
@@ -44,25 +45,27 @@ impl KvCache {
         (layer * self.n_ctx + pos) * self.kv_dim
     }
 
-    /// Write the keys and values of consecutive positions starting at `pos0`.
+    /// Write the keys and values of consecutive positions starting at `pos0`
+    /// (rounded to f16 to nearest even, as ggml's F32 → F16 copy).
     pub fn store(&mut self, layer: usize, pos0: usize, k: &[f32], v: &[f32]) {
-        // Values are kept at f16 precision, as in llama.cpp's default F16 cache.
         let start = self.base(layer, pos0);
-        let round = |x: &f32| half::f16::from_f32(*x).to_f32();
+        let to16 = |x: &f32| half::f16::from_f32(*x).to_bits();
         for (d, s) in self.k[start..start + k.len()].iter_mut().zip(k) {
-            *d = round(s);
+            *d = to16(s);
         }
         for (d, s) in self.v[start..start + v.len()].iter_mut().zip(v) {
-            *d = round(s);
+            *d = to16(s);
         }
     }
 
-    pub fn key(&self, layer: usize, pos: usize, kv_head: usize) -> &[f32] {
+    /// The f16 bits of one head's key at `pos`.
+    pub fn key(&self, layer: usize, pos: usize, kv_head: usize) -> &[u16] {
         let s = self.base(layer, pos) + kv_head * self.head_dim;
         &self.k[s..s + self.head_dim]
     }
 
-    pub fn value(&self, layer: usize, pos: usize, kv_head: usize) -> &[f32] {
+    /// The f16 bits of one head's value at `pos`.
+    pub fn value(&self, layer: usize, pos: usize, kv_head: usize) -> &[u16] {
         let s = self.base(layer, pos) + kv_head * self.head_dim;
         &self.v[s..s + self.head_dim]
     }

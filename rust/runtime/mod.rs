@@ -11,7 +11,7 @@ pub mod weights;
 use std::collections::HashMap;
 
 pub use kv_cache::KvCache;
-pub use model::{Arch, HParams, Model};
+pub use model::{ActStats, Arch, HParams, Model, RopeScaling};
 pub use weights::TensorSpec;
 
 use crate::error::{Error, Result};
@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 pub struct Session {
     pub model: Model,
     pub cache: KvCache,
+    /// When set, every forward call adds its matmul input statistics here.
+    pub stats: Option<ActStats>,
     pool: rayon::ThreadPool,
 }
 
@@ -43,7 +45,12 @@ impl Session {
             .num_threads(threads)
             .build()
             .map_err(|e| Error::Value(format!("cannot start {threads} threads: {e}")))?;
-        Ok(Session { model, cache, pool })
+        Ok(Session {
+            model,
+            cache,
+            stats: None,
+            pool,
+        })
     }
 
     pub fn n_threads(&self) -> usize {
@@ -52,7 +59,12 @@ impl Session {
 
     /// Evaluate `tokens` after the cached ones; logits of all or of the last.
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
-        let Session { model, cache, pool } = self;
-        pool.install(|| model.forward(cache, tokens, all_logits))
+        let Session {
+            model,
+            cache,
+            stats,
+            pool,
+        } = self;
+        pool.install(|| model.forward_stats(cache, tokens, all_logits, stats.as_mut()))
     }
 }

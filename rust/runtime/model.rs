@@ -59,9 +59,41 @@ pub struct HParams {
     pub head_dim: usize,
     pub rope_dim: usize,
     pub rope_base: f32,
+    pub rope: RopeScaling,
     pub rms_eps: f32,
     pub vocab: usize,
 }
+
+/// Rotary scaling, as llama.cpp passes it to `ggml_rope_ext`: linear
+/// (`freq_scale = 1 / factor`) or YaRN (plus `ext_factor`, the correction
+/// range from `beta_fast`/`beta_slow` and the training context).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeScaling {
+    pub freq_scale: f32,
+    pub ext_factor: f32,
+    pub attn_factor: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    pub n_ctx_orig: usize,
+}
+
+impl Default for RopeScaling {
+    fn default() -> Self {
+        RopeScaling {
+            freq_scale: 1.0,
+            ext_factor: 0.0,
+            attn_factor: 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            n_ctx_orig: 0,
+        }
+    }
+}
+
+/// `rope.scaling.type` as the number Python passes (`rope.scaling.type_id`).
+pub const ROPE_SCALING_NONE: f64 = 0.0;
+pub const ROPE_SCALING_LINEAR: f64 = 1.0;
+pub const ROPE_SCALING_YARN: f64 = 2.0;
 
 impl HParams {
     /// From the `{arch}.*` GGUF keys, passed as numbers by name (without the
@@ -96,6 +128,7 @@ impl HParams {
             Some(_) => count("rope.dimension_count")?,
             None => head_dim,
         };
+        let rope = rope_scaling(arch, m)?;
         let hp = HParams {
             arch: arch_kind,
             n_layer: count("block_count")?,
@@ -106,6 +139,7 @@ impl HParams {
             head_dim,
             rope_dim,
             rope_base: m.get("rope.freq_base").copied().unwrap_or(10000.0) as f32,
+            rope,
             rms_eps: m
                 .get("attention.layer_norm_rms_epsilon")
                 .copied()
@@ -130,6 +164,20 @@ impl HParams {
         Ok(hp)
     }
 
+    /// ggml `ggml_rope_yarn_corr_dims`: the dimensions between which YaRN
+    /// blends interpolation and extrapolation.
+    pub fn rope_corr_dims(&self) -> [f32; 2] {
+        let n_dims = self.rope_dim as f32;
+        let n_orig = self.rope.n_ctx_orig as f32;
+        let base = self.rope_base;
+        let corr = |n_rot: f32| {
+            n_dims * (n_orig / (n_rot * 2.0 * std::f32::consts::PI)).ln() / (2.0 * base.ln())
+        };
+        let start = corr(self.rope.beta_fast).floor();
+        let end = corr(self.rope.beta_slow).ceil();
+        [start.max(0.0), end.min(n_dims - 1.0)]
+    }
+
     pub fn rope_mode(&self) -> RopeMode {
         match self.arch {
             Arch::Llama => RopeMode::Norm,
@@ -144,6 +192,63 @@ impl HParams {
     pub fn q_dim(&self) -> usize {
         self.n_head * self.head_dim
     }
+}
+
+/// The rotary scaling from the `rope.scaling.*` keys (llama.cpp's defaults:
+/// YaRN `ext_factor` 1, `beta_fast` 32, `beta_slow` 1, `attn_factor` 1).
+fn rope_scaling(arch: &str, m: &HashMap<String, f64>) -> Result<RopeScaling> {
+    let mut r = RopeScaling::default();
+    let kind = m
+        .get("rope.scaling.type_id")
+        .copied()
+        .unwrap_or(ROPE_SCALING_NONE);
+    let factor = m
+        .get("rope.scaling.factor")
+        .or_else(|| m.get("rope.scale_linear"))
+        .copied()
+        .unwrap_or(1.0);
+    if kind == ROPE_SCALING_NONE && m.get("rope.scaling.factor").is_some() {
+        // A factor without a type: nothing to scale (llama.cpp ignores it too).
+        return Ok(r);
+    }
+    if !(factor.is_finite() && factor > 0.0) {
+        return Err(Error::Value(format!(
+            "{arch}.rope.scaling.factor = {factor} must be positive"
+        )));
+    }
+    if kind == ROPE_SCALING_LINEAR || kind == ROPE_SCALING_YARN {
+        r.freq_scale = (1.0 / factor) as f32;
+    } else if kind == ROPE_SCALING_NONE {
+        if m.contains_key("rope.scale_linear") {
+            r.freq_scale = (1.0 / factor) as f32;
+        }
+    } else {
+        return Err(Error::Unsupported {
+            qtype: "rope scaling",
+            what: format!("{arch}.rope.scaling.type is not none, linear or yarn"),
+        });
+    }
+    if kind == ROPE_SCALING_YARN {
+        r.ext_factor = m
+            .get("rope.scaling.yarn_ext_factor")
+            .copied()
+            .unwrap_or(1.0) as f32;
+        r.attn_factor = m
+            .get("rope.scaling.yarn_attn_factor")
+            .copied()
+            .unwrap_or(1.0) as f32;
+        r.beta_fast = m
+            .get("rope.scaling.yarn_beta_fast")
+            .copied()
+            .unwrap_or(32.0) as f32;
+        r.beta_slow = m.get("rope.scaling.yarn_beta_slow").copied().unwrap_or(1.0) as f32;
+    }
+    r.n_ctx_orig = m
+        .get("rope.scaling.original_context_length")
+        .or_else(|| m.get("context_length"))
+        .copied()
+        .unwrap_or(0.0) as usize;
+    Ok(r)
 }
 
 struct Layer {
@@ -169,6 +274,8 @@ pub struct Model {
     tok_embd: Weight,
     output: Weight,
     output_norm: Vec<f32>,
+    /// Whether the head is its own `output.weight` (not tied to the embedding).
+    has_output: bool,
     /// Per-pair frequency divisors (Llama 3 `rope_freqs.weight`).
     rope_freqs: Option<Vec<f32>>,
     layers: Vec<Layer>,
@@ -186,7 +293,8 @@ impl Model {
         let w = GgufWeights::open(path, tensors)?;
         let (d, qd, kvd, ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
         let tok_embd = w.matrix("token_embd.weight", d, hp.vocab)?;
-        let output = if w.has("output.weight") {
+        let has_output = w.has("output.weight");
+        let output = if has_output {
             w.matrix("output.weight", d, hp.vocab)?
         } else {
             tok_embd
@@ -238,6 +346,7 @@ impl Model {
             tok_embd,
             output,
             output_norm,
+            has_output,
             rope_freqs,
             layers,
         })
@@ -271,6 +380,18 @@ impl Model {
         cache: &mut KvCache,
         tokens: &[u32],
         all_logits: bool,
+    ) -> Result<Vec<f32>> {
+        self.forward_stats(cache, tokens, all_logits, None)
+    }
+
+    /// [`Model::forward`], adding to `stats` (when given) the per-column sums
+    /// of squares of every weight matrix's input.
+    pub fn forward_stats(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        all_logits: bool,
+        mut stats: Option<&mut ActStats>,
     ) -> Result<Vec<f32>> {
         let hp = &self.hp;
         let n = tokens.len();
@@ -309,6 +430,9 @@ impl Model {
 
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, hp.rms_eps, &mut h);
+            if let Some(st) = stats.as_deref_mut() {
+                st.add(li, &["attn_q", "attn_k", "attn_v"], &h, d);
+            }
             {
                 let acts = Acts::new(&h, d)?;
                 self.matmul(&l.wq, &acts, &mut q)?;
@@ -328,6 +452,9 @@ impl Model {
             self.rope(&mut k, hp.n_head_kv, &cos, &sin);
             cache.store(li, pos0, &k, &v);
             attention(hp, cache, li, pos0, &q, &mut att);
+            if let Some(st) = stats.as_deref_mut() {
+                st.add(li, &["attn_output"], &att, qd);
+            }
             {
                 let acts = Acts::new(&att, qd)?;
                 self.matmul(&l.wo, &acts, &mut proj)?;
@@ -335,6 +462,9 @@ impl Model {
             add(&mut x, &proj);
 
             rms_norm(&x, &l.ffn_norm, hp.rms_eps, &mut h);
+            if let Some(st) = stats.as_deref_mut() {
+                st.add(li, &["ffn_gate", "ffn_up"], &h, d);
+            }
             {
                 let acts = Acts::new(&h, d)?;
                 self.matmul(&l.gate, &acts, &mut gate)?;
@@ -347,6 +477,9 @@ impl Model {
                         *g = *g / (1.0 + (-*g).exp()) * u;
                     }
                 });
+            if let Some(st) = stats.as_deref_mut() {
+                st.add(li, &["ffn_down"], &gate, ff);
+            }
             {
                 let acts = Acts::new(&gate, ff)?;
                 self.matmul(&l.down, &acts, &mut proj)?;
@@ -360,6 +493,14 @@ impl Model {
         } else {
             &x[(n - 1) * d..]
         };
+        if let Some(st) = stats {
+            if self.has_output {
+                // The head's input for every token, even when only the last one's logits are made.
+                let mut all = vec![0f32; x.len()];
+                rms_norm(&x, &self.output_norm, hp.rms_eps, &mut all);
+                st.add_named("output.weight", &all, d);
+            }
+        }
         let mut normed = vec![0f32; rows.len()];
         rms_norm(rows, &self.output_norm, hp.rms_eps, &mut normed);
         let acts = Acts::new(&normed, d)?;
@@ -368,22 +509,36 @@ impl Model {
         Ok(logits)
     }
 
-    /// cos/sin of position × frequency, `(n, rope_dim / 2)` each.
+    /// cos/sin of every (position, pair), `(n, rope_dim / 2)` each, computed as
+    /// ggml's `ggml_rope_cache_init` + `rope_yarn` do in f32: `theta` starts at
+    /// the position and is multiplied by `base^(-2/n_dims)` pair after pair.
     fn rope_tables(&self, pos0: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
-        let half = self.hp.rope_dim / 2;
+        let hp = &self.hp;
+        let half = hp.rope_dim / 2;
+        let theta_scale = hp.rope_base.powf(-2.0 / hp.rope_dim as f32);
+        let rs = hp.rope;
+        let corr = hp.rope_corr_dims();
+        let mut mscale = rs.attn_factor;
+        if rs.ext_factor != 0.0 {
+            mscale *= 1.0 + 0.1 * (1.0 / rs.freq_scale).ln();
+        }
         let mut cos = vec![0f32; n * half];
         let mut sin = vec![0f32; n * half];
         for t in 0..n {
-            let pos = (pos0 + t) as f64;
+            let mut theta = (pos0 + t) as f32;
             for i in 0..half {
-                let mut freq =
-                    (self.hp.rope_base as f64).powf(-2.0 * i as f64 / self.hp.rope_dim as f64);
-                if let Some(f) = &self.rope_freqs {
-                    freq /= f[i] as f64;
+                let ff = self.rope_freqs.as_ref().map_or(1.0, |f| f[i]);
+                let extrap = theta / ff;
+                let interp = rs.freq_scale * extrap;
+                let mut th = interp;
+                if rs.ext_factor != 0.0 {
+                    let y = (i as f32 - corr[0]) / (corr[1] - corr[0]).max(0.001);
+                    let ramp = (1.0 - y.clamp(0.0, 1.0)) * rs.ext_factor;
+                    th = interp * (1.0 - ramp) + extrap * ramp;
                 }
-                let theta = pos * freq;
-                cos[t * half + i] = theta.cos() as f32;
-                sin[t * half + i] = theta.sin() as f32;
+                cos[t * half + i] = th.cos() * mscale;
+                sin[t * half + i] = th.sin() * mscale;
+                theta *= theta_scale;
             }
         }
         (cos, sin)
@@ -413,6 +568,50 @@ impl Model {
     }
 }
 
+/// Per weight matrix, the sums over tokens of each input column's square and
+/// the number of tokens (llama-imatrix's statistic, keyed by tensor name).
+#[derive(Debug, Default, Clone)]
+pub struct ActStats {
+    pub sums: HashMap<String, (Vec<f64>, u64)>,
+}
+
+impl ActStats {
+    /// Add the rows of `x` (`cols` each) to `blk.{layer}.{name}.weight` for each name.
+    fn add(&mut self, layer: usize, names: &[&str], x: &[f32], cols: usize) {
+        let sq = col_squares(x, cols);
+        let n = (x.len() / cols) as u64;
+        for name in names {
+            self.accumulate(format!("blk.{layer}.{name}.weight"), &sq, n);
+        }
+    }
+
+    fn add_named(&mut self, name: &str, x: &[f32], cols: usize) {
+        let sq = col_squares(x, cols);
+        self.accumulate(name.to_string(), &sq, (x.len() / cols) as u64);
+    }
+
+    fn accumulate(&mut self, name: String, sq: &[f64], n: u64) {
+        let e = self
+            .sums
+            .entry(name)
+            .or_insert_with(|| (vec![0f64; sq.len()], 0));
+        for (a, b) in e.0.iter_mut().zip(sq) {
+            *a += b;
+        }
+        e.1 += n;
+    }
+}
+
+fn col_squares(x: &[f32], cols: usize) -> Vec<f64> {
+    let mut sq = vec![0f64; cols];
+    for row in x.chunks_exact(cols) {
+        for (s, &v) in sq.iter_mut().zip(row) {
+            *s += (v * v) as f64;
+        }
+    }
+    sq
+}
+
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
@@ -427,23 +626,28 @@ fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
     }
 }
 
-/// `out = x / sqrt(mean(x²) + eps) * w`, row by row (`w.len()` per row).
+/// `out = x · (1 / sqrt(mean(x²) + eps)) · w`, row by row (`w.len()` per row),
+/// as ggml's `rms_norm` (f32 squares summed in f64) followed by `mul`.
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     for (row, o) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        let ss: f32 = dot(row, row) / w.len() as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
+        let scale = rms_scale(row, eps);
         for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
             *o = v * scale * g;
         }
     }
 }
 
+fn rms_scale(row: &[f32], eps: f32) -> f32 {
+    let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (ss / row.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
 fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     for row in x.chunks_exact_mut(w.len()) {
-        let ss: f32 = dot(row, row) / w.len() as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
+        let scale = rms_scale(row, eps);
         for (v, &g) in row.iter_mut().zip(w) {
-            *v *= scale * g;
+            *v = *v * scale * g;
         }
     }
 }
@@ -471,7 +675,10 @@ fn round_f16(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
 
-/// Causal grouped-query attention of the batch's queries over the cache.
+/// Causal grouped-query attention of the batch's queries over the cache,
+/// with llama.cpp's numerics (no flash attention): queries rounded to f16
+/// for the product with the f16 keys, softmax in f32 (sum in f64), the
+/// probabilities rounded to f16 for the product with the f16 values.
 fn attention(hp: &HParams, cache: &KvCache, layer: usize, pos0: usize, q: &[f32], out: &mut [f32]) {
     let hd = hp.head_dim;
     let group = hp.n_head / hp.n_head_kv;
@@ -479,29 +686,24 @@ fn attention(hp: &HParams, cache: &KvCache, layer: usize, pos0: usize, q: &[f32]
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
         let (t, head) = (idx / hp.n_head, idx % hp.n_head);
         let kvh = head / group;
-        // Queries and probabilities pass through f16, as in llama.cpp's KQ and KQV
-        // products over its F16 cache, so results track llama.cpp's closely.
         let qv: Vec<f32> = q[idx * hd..(idx + 1) * hd]
             .iter()
             .map(|&x| round_f16(x))
             .collect();
         let n_keys = pos0 + t + 1;
         let mut scores: Vec<f32> = (0..n_keys)
-            .map(|p| dot(&qv, cache.key(layer, p, kvh)) * scale)
+            .map(|p| simd::dot_f32_f16(&qv, cache.key(layer, p, kvh)) * scale)
             .collect();
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0f32;
+        let mut sum = 0f64;
         for s in scores.iter_mut() {
             *s = (*s - max).exp();
-            sum += *s;
+            sum += *s as f64;
         }
         o.fill(0.0);
-        let inv = 1.0 / sum;
+        let inv = (1.0 / sum) as f32;
         for (p, s) in scores.iter().enumerate() {
-            let w = round_f16(s * inv);
-            for (a, b) in o.iter_mut().zip(cache.value(layer, p, kvh)) {
-                *a += w * b;
-            }
+            simd::axpy_f16(o, round_f16(s * inv), cache.value(layer, p, kvh));
         }
     });
 }

@@ -1,19 +1,33 @@
 //! Matrix-times-activations kernels that read GGUF blocks in place (no
 //! dequantized copy of the weights).
 //!
-//! As in llama.cpp, activations are quantized to 8 bits per 32 values
-//! ([`BlockQ8A`], the analogue of ggml's `block_q8_0`/`block_q8_1`) and the
-//! weight codes are multiplied with them in integers; the block scales are
-//! applied once per 32 (or 16) products. Float weights (F32, F16, BF16) take
-//! f32 activations instead.
+//! As in llama.cpp (ggml-cpu's `vec_dot_type`), the activations are first
+//! converted to the form the weight type multiplies with, and the products are
+//! then computed in integers with the block scales applied once per block:
 //!
-//! Each block type has a portable kernel ([`portable`], written over a common
-//! "group" view of every block) and the hot types have AVX2 kernels
-//! ([`avx2`]), picked at run time. Every kernel computes one weight row
-//! against all tokens of the batch, so a block is decoded once per tile of
-//! tokens: that is what makes prompt processing faster than token-by-token.
+//! | weights | activations |
+//! |---|---|
+//! | Q4_0, Q5_0, Q8_0, IQ4_NL | [`BlockQ8A`] as `block_q8_0` (32 codes, f16 scale) |
+//! | Q4_1, Q5_1 | [`BlockQ8A`] as `block_q8_1` (plus `s = f16(d · Σq)`) |
+//! | Q2_K..Q6_K, IQ4_XS | [`BlockQ8K`] (`block_q8_K`: 256 codes, f32 scale, sums per 16) |
+//! | F16 / BF16 / F32 | f32 values rounded to f16 / bf16 / kept |
+//!
+//! The conversions reproduce ggml's (`quantize_row_q8_0`/`_q8_1` of the x86
+//! build, `quantize_row_q8_K_ref`) bit for bit, so the integer parts of our
+//! dot products equal llama.cpp's and only the order of float additions
+//! differs: that is what keeps our logits within rounding noise of llama.cpp's.
+//!
+//! Each block type has a portable kernel ([`portable`]) and the hot types have
+//! AVX2 ([`avx2`]) and AVX-512 VNNI ([`avx512`]) kernels, picked at run time
+//! ([`isa_level`]; `FERROQUANT_SIMD=portable|avx2|avx512` caps the choice).
+//! NEON kernels ([`neon`]) serve aarch64. Every kernel computes one weight row
+//! against all tokens of the batch in tiles of tokens, so a decoded block is
+//! reused across the tile: that is what makes prompt processing faster than
+//! token-by-token.
 
 pub mod avx2;
+pub mod avx512;
+pub mod neon;
 pub mod portable;
 
 use std::borrow::Cow;
@@ -23,31 +37,63 @@ use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::quants::{blocks_of, float, iq4, k_quants, legacy, with_block, Block, QType};
+use crate::quants::{blocks_of, float, iq4, k_quants, legacy, with_block, Block, QType, QK_K};
 
-/// 32 activations quantized to i8 with one f32 scale, plus the sums of the
-/// codes of each half and the scaled total (for the weight types with an offset or per-16 minimum).
+/// 32 activations quantized to i8 with one scale (ggml `block_q8_0`, and
+/// `block_q8_1` through `dsum`), plus the sums of the codes of each half.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct BlockQ8A {
+    /// The scale, at f16 precision (stored as f32).
     pub d: f32,
-    /// `d` times the sum of all 32 codes (ggml `block_q8_1::s`).
+    /// ggml `block_q8_1::s`: `f16(d_f32 · Σ codes)`, as f32.
     pub dsum: f32,
     pub sum: [i16; 2],
     pub qs: [i8; 32],
 }
 
-/// Activations of a batch: `ntok` rows of `cols` f32 values, and their 8-bit
-/// form when `cols` divides into 32-blocks.
+/// 256 activations quantized to i8 with one f32 scale and the sums of each 16
+/// codes (ggml `block_q8_K`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub bsums: [i16; 16],
+    pub qs: [i8; QK_K],
+}
+
+impl Default for BlockQ8K {
+    fn default() -> Self {
+        Zeroable::zeroed()
+    }
+}
+
+/// The activation form a weight type multiplies with (ggml's `vec_dot_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActKind {
+    F32,
+    F16,
+    BF16,
+    /// [`BlockQ8A`] per 32 values (Q8_0 and Q8_1 share it).
+    Q8,
+    /// [`BlockQ8K`] per 256 values.
+    Q8K,
+}
+
+/// Activations of a batch: `ntok` rows of `cols` f32 values, and the forms the
+/// kernels read, each computed once on first use.
 pub struct Acts<'a> {
     pub x: &'a [f32],
-    pub q8: Vec<BlockQ8A>,
     pub ntok: usize,
     pub cols: usize,
+    q8: OnceLock<Vec<BlockQ8A>>,
+    q8k: OnceLock<Vec<BlockQ8K>>,
+    x16: OnceLock<Vec<f32>>,
+    xb16: OnceLock<Vec<f32>>,
 }
 
 impl<'a> Acts<'a> {
-    /// Wrap `x` (`ntok × cols`, row-major) and quantize it to 8 bits.
+    /// Wrap `x` (`ntok × cols`, row-major).
     pub fn new(x: &'a [f32], cols: usize) -> Result<Self> {
         if cols == 0 || x.len() % cols != 0 {
             return Err(Error::Shape(format!(
@@ -55,176 +101,346 @@ impl<'a> Acts<'a> {
                 x.len()
             )));
         }
-        let ntok = x.len() / cols;
-        let q8 = if cols % 32 == 0 {
-            let mut q8 = vec![BlockQ8A::default(); x.len() / 32];
-            q8.par_chunks_mut(256)
-                .zip(x.par_chunks(256 * 32))
-                .for_each(|(dst, src)| quantize_acts(src, dst));
-            q8
-        } else {
-            Vec::new()
-        };
-        Ok(Acts { x, q8, ntok, cols })
+        Ok(Acts {
+            x,
+            ntok: x.len() / cols,
+            cols,
+            q8: OnceLock::new(),
+            q8k: OnceLock::new(),
+            x16: OnceLock::new(),
+            xb16: OnceLock::new(),
+        })
     }
 
-    /// Activation blocks of all tokens (token `t` at `t * cols / 32`).
+    /// Compute the form `kind` now (before a parallel region reads it).
+    pub fn prepare(&self, kind: ActKind) -> Result<()> {
+        let need = match kind {
+            ActKind::Q8 => 32,
+            ActKind::Q8K => QK_K,
+            _ => 1,
+        };
+        if self.cols % need != 0 {
+            return Err(Error::Shape(format!(
+                "rows of {} activations do not divide into blocks of {need}",
+                self.cols
+            )));
+        }
+        match kind {
+            ActKind::F32 => {}
+            ActKind::F16 => {
+                self.f16();
+            }
+            ActKind::BF16 => {
+                self.bf16();
+            }
+            ActKind::Q8 => {
+                self.q8();
+            }
+            ActKind::Q8K => {
+                self.q8k();
+            }
+        }
+        Ok(())
+    }
+
+    /// 32-value blocks of all tokens (token `t` at `t * cols / 32`).
     pub fn q8(&self) -> &[BlockQ8A] {
-        &self.q8
+        self.q8.get_or_init(|| {
+            let mut q8 = vec![BlockQ8A::default(); self.x.len() / 32];
+            q8.par_chunks_mut(64)
+                .zip(self.x.par_chunks(64 * 32))
+                .for_each(|(dst, src)| quantize_q8(src, dst));
+            q8
+        })
+    }
+
+    /// 256-value blocks of all tokens (token `t` at `t * cols / 256`).
+    pub fn q8k(&self) -> &[BlockQ8K] {
+        self.q8k.get_or_init(|| {
+            let mut q8 = vec![BlockQ8K::default(); self.x.len() / QK_K];
+            q8.par_chunks_mut(16)
+                .zip(self.x.par_chunks(16 * QK_K))
+                .for_each(|(dst, src)| quantize_q8k(src, dst));
+            q8
+        })
+    }
+
+    /// The values rounded to f16 (what ggml multiplies F16 weights with).
+    pub fn f16(&self) -> &[f32] {
+        self.x16.get_or_init(|| {
+            self.x
+                .par_iter()
+                .with_min_len(4096)
+                .map(|&v| half::f16::from_f32(v).to_f32())
+                .collect()
+        })
+    }
+
+    /// The values rounded to bf16 (what ggml multiplies BF16 weights with).
+    pub fn bf16(&self) -> &[f32] {
+        self.xb16.get_or_init(|| {
+            self.x
+                .par_iter()
+                .with_min_len(4096)
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect()
+        })
+    }
+
+    /// The f32 values of the form `kind` (float kinds only).
+    pub fn floats(&self, kind: ActKind) -> &[f32] {
+        match kind {
+            ActKind::F16 => self.f16(),
+            ActKind::BF16 => self.bf16(),
+            _ => self.x,
+        }
     }
 }
 
-/// Quantize activations to [`BlockQ8A`] (round to nearest, scale = absmax / 127, the
-/// codes computed with the f32 scale, the scale kept at f16 precision: `quantize_row_q8_0`).
-pub fn quantize_acts(x: &[f32], dst: &mut [BlockQ8A]) {
+/// Round to nearest, ties to even, for |v| < 2^22 (ggml `nearest_int`, and
+/// `_mm256_round_ps(_MM_ROUND_NEAREST)` in the default rounding mode).
+#[inline(always)]
+fn rne(v: f32) -> i32 {
+    ((v + 12_582_912.0) - 12_582_912.0) as i32
+}
+
+/// ggml's x86 `quantize_row_q8_0` / `quantize_row_q8_1`: `d = amax / 127`
+/// kept at f16, codes `round(x · 127 / amax)`, `s = f16(d · Σ codes)`.
+pub fn quantize_q8(x: &[f32], dst: &mut [BlockQ8A]) {
     for (blk, xs) in dst.iter_mut().zip(x.chunks_exact(32)) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut sums = [0i16; 2];
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sums = [0i32; 2];
         for (j, (q, v)) in blk.qs.iter_mut().zip(xs).enumerate() {
-            *q = (v * id).round() as i8;
-            sums[j / 16] += *q as i16;
+            let c = rne(v * id).clamp(-127, 127);
+            *q = c as i8;
+            sums[j / 16] += c;
         }
-        // Stored through f16 as ggml's block_q8_0/q8_1 do, so products agree with llama.cpp's.
         blk.d = half::f16::from_f32(d).to_f32();
-        blk.sum = sums;
-        blk.dsum = blk.d * (sums[0] as i32 + sums[1] as i32) as f32;
+        blk.sum = [sums[0] as i16, sums[1] as i16];
+        blk.dsum = half::f16::from_f32(d * (sums[0] + sums[1]) as f32).to_f32();
     }
 }
 
-/// A weight row type the kernels can multiply: `row_dot` writes, for every
-/// token `t` of `acts`, `out[t] = dot(row, activations of t)`.
-pub trait RowDot: Block {
-    /// Whether the kernels read the 8-bit activations (else the f32 ones).
-    const Q8_ACTS: bool = true;
-
-    /// The plain kernel, present for every type and every CPU.
-    fn row_dot_portable(row: &[Self], acts: &Acts, out: &mut [f32]);
-
-    /// The fastest kernel for this CPU; defaults to the portable one.
-    fn row_dot(row: &[Self], acts: &Acts, out: &mut [f32]) {
-        Self::row_dot_portable(row, acts, out)
-    }
-}
-
-/// Whether the AVX2 + FMA + F16C kernels can run here (checked once).
-pub fn has_avx2() -> bool {
-    static DETECTED: OnceLock<bool> = OnceLock::new();
-    *DETECTED.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::env::var_os("FERROQUANT_NO_SIMD").is_none()
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
+/// ggml `quantize_row_q8_K_ref`: the scale from the value of largest
+/// magnitude (with its sign), `iscale = -127 / max`, `d = 1 / iscale`.
+pub fn quantize_q8k(x: &[f32], dst: &mut [BlockQ8K]) {
+    for (blk, xs) in dst.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in xs {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
+        if amax == 0.0 {
+            *blk = BlockQ8K::default();
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in blk.qs.iter_mut().zip(xs) {
+            *q = rne(iscale * v).min(127) as i8;
+        }
+        for (s, q) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
+            *s = q.iter().map(|&v| v as i16).sum();
+        }
+        blk.d = 1.0 / iscale;
+    }
+}
+
+/// The instruction-set tiers of the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Portable,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// The AVX2 tier plus AVX-512 F/BW/VL/VNNI.
+    Avx512,
+    /// aarch64 NEON.
+    Neon,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2+fma+f16c",
+            Isa::Avx512 => "avx512f+bw+vl+vnni",
+            Isa::Neon => "neon",
+        }
+    }
+}
+
+/// What this CPU supports, capped by `FERROQUANT_SIMD` (checked once).
+pub fn isa_level() -> Isa {
+    static DETECTED: OnceLock<Isa> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        let cap = match std::env::var("FERROQUANT_SIMD").ok().as_deref() {
+            Some("portable") => Isa::Portable,
+            Some("avx2") => Isa::Avx2,
+            _ if std::env::var_os("FERROQUANT_NO_SIMD").is_some() => Isa::Portable,
+            _ => Isa::Neon,
+        };
+        match detected() {
+            Isa::Neon if cap != Isa::Portable => Isa::Neon,
+            top => top.min(cap),
         }
     })
 }
 
+/// Every tier this CPU can run, lowest first (for tests and benchmarks).
+pub fn available_isas() -> Vec<Isa> {
+    match detected() {
+        Isa::Neon => vec![Isa::Portable, Isa::Neon],
+        top => [Isa::Portable, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&i| i <= top)
+            .collect(),
+    }
+}
+
+fn detected() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        let avx512 = avx2
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni");
+        if avx512 {
+            Isa::Avx512
+        } else if avx2 {
+            Isa::Avx2
+        } else {
+            Isa::Portable
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            Isa::Neon
+        } else {
+            Isa::Portable
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        Isa::Portable
+    }
+}
+
+/// Whether the AVX2 + FMA + F16C kernels run here.
+pub fn has_avx2() -> bool {
+    matches!(isa_level(), Isa::Avx2 | Isa::Avx512)
+}
+
 /// The instruction set the dispatch picked, for reports.
 pub fn isa() -> &'static str {
-    if has_avx2() {
-        "avx2+fma+f16c"
-    } else {
-        "portable"
-    }
+    isa_level().name()
 }
 
-macro_rules! q8_portable {
-    ($($B:ty),*) => {$(
+/// A weight row type the kernels can multiply: for every token `t` of
+/// `acts`, `out[t] = dot(row, activations of t)`.
+pub trait RowDot: Block {
+    /// The activation form the kernels read.
+    const ACT: ActKind;
+
+    /// The kernel of tier `isa` (falling back to a lower tier where this
+    /// type has none). `acts` has been prepared for [`RowDot::ACT`].
+    fn row_dot(row: &[Self], acts: &Acts, out: &mut [f32], isa: Isa);
+}
+
+/// Kernel tables: `type => act kind, getter, portable, [avx2], [avx512], [neon]`.
+macro_rules! q8_kernels {
+    ($($B:ty => $kind:ident, $getter:ident, $port:path,
+       [$($avx2:path)?], [$($avx512:path)?], [$($neon:path)?]);* $(;)?) => {$(
         impl RowDot for $B {
-            fn row_dot_portable(row: &[Self], acts: &Acts, out: &mut [f32]) {
-                portable::dot_groups(row, acts.q8(), out)
+            const ACT: ActKind = ActKind::$kind;
+            #[allow(unreachable_code, unused_variables)]
+            fn row_dot(row: &[Self], acts: &Acts, out: &mut [f32], isa: Isa) {
+                let a = acts.$getter();
+                $(
+                    #[cfg(target_arch = "x86_64")]
+                    if isa == Isa::Avx512 {
+                        // SAFETY: AVX-512 F/BW/VL/VNNI (and AVX2/FMA/F16C) were
+                        // detected; `a` holds `out.len()` tokens of the row's blocks.
+                        unsafe { $avx512(row, a, out) };
+                        return;
+                    }
+                )?
+                $(
+                    #[cfg(target_arch = "x86_64")]
+                    if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+                        // SAFETY: AVX2/FMA/F16C were detected; shapes as above.
+                        unsafe { $avx2(row, a, out) };
+                        return;
+                    }
+                )?
+                $(
+                    #[cfg(target_arch = "aarch64")]
+                    if isa == Isa::Neon {
+                        // SAFETY: NEON was detected; shapes as above.
+                        unsafe { $neon(row, a, out) };
+                        return;
+                    }
+                )?
+                $port(row, a, out)
             }
         }
     )*};
 }
-q8_portable!(k_quants::BlockQ2K, k_quants::BlockQ3K);
 
-macro_rules! q8_dispatch {
-    ($($B:ty => $kernel:ident),*) => {$(
-        impl RowDot for $B {
-            fn row_dot_portable(row: &[Self], acts: &Acts, out: &mut [f32]) {
-                portable::dot_groups(row, acts.q8(), out)
-            }
-            fn row_dot(row: &[Self], acts: &Acts, out: &mut [f32]) {
-                #[cfg(target_arch = "x86_64")]
-                if has_avx2() {
-                    // SAFETY: the CPU has AVX2, FMA and F16C (checked above);
-                    // `acts` holds `out.len()` tokens of `row.len()` blocks.
-                    unsafe { avx2::$kernel(row, acts.q8(), out) };
-                    return;
-                }
-                portable::dot_groups(row, acts.q8(), out)
-            }
-        }
-    )*};
-}
-q8_dispatch!(
-    legacy::BlockQ4_0 => q4_0,
-    legacy::BlockQ4_1 => q4_1,
-    legacy::BlockQ5_0 => q5_0,
-    legacy::BlockQ5_1 => q5_1,
-    legacy::BlockQ8_0 => q8_0,
-    k_quants::BlockQ4K => q4_k,
-    k_quants::BlockQ5K => q5_k,
-    k_quants::BlockQ6K => q6_k,
-    iq4::BlockIQ4XS => iq4_xs,
-    iq4::BlockIQ4NL => iq4_nl
+q8_kernels!(
+    legacy::BlockQ4_0 => Q8, q8, portable::dot_groups, [avx2::q4_0], [avx512::q4_0], [neon::q4_0];
+    legacy::BlockQ4_1 => Q8, q8, portable::dot_groups, [avx2::q4_1], [avx512::q4_1], [neon::q4_1];
+    legacy::BlockQ5_0 => Q8, q8, portable::dot_groups, [avx2::q5_0], [avx512::q5_0], [];
+    legacy::BlockQ5_1 => Q8, q8, portable::dot_groups, [avx2::q5_1], [avx512::q5_1], [];
+    legacy::BlockQ8_0 => Q8, q8, portable::dot_groups, [avx2::q8_0], [avx512::q8_0], [neon::q8_0];
+    iq4::BlockIQ4NL => Q8, q8, portable::dot_groups, [avx2::iq4_nl], [avx512::iq4_nl], [];
+    k_quants::BlockQ2K => Q8K, q8k, portable::dot_k, [avx2::q2_k], [avx512::q2_k], [];
+    k_quants::BlockQ3K => Q8K, q8k, portable::dot_k, [avx2::q3_k], [avx512::q3_k], [];
+    k_quants::BlockQ4K => Q8K, q8k, portable::dot_k, [avx2::q4_k], [avx512::q4_k], [];
+    k_quants::BlockQ5K => Q8K, q8k, portable::dot_k, [avx2::q5_k], [avx512::q5_k], [];
+    k_quants::BlockQ6K => Q8K, q8k, portable::dot_k, [avx2::q6_k], [avx512::q6_k], [];
+    iq4::BlockIQ4XS => Q8K, q8k, portable::dot_k, [avx2::iq4_xs], [avx512::iq4_xs], [];
 );
 
-impl RowDot for float::BlockF32 {
-    const Q8_ACTS: bool = false;
-    fn row_dot_portable(row: &[Self], acts: &Acts, out: &mut [f32]) {
-        portable::dot_float(row, acts, out, |b| b.value)
-    }
-    fn row_dot(row: &[Self], acts: &Acts, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: AVX2/FMA present; `acts.x` holds `out.len()` rows of `row.len()`.
-            unsafe { avx2::f32_rows(bytemuck::cast_slice(row), acts.x, out) };
-            return;
+macro_rules! float_kernels {
+    ($($B:ty => $kind:ident, $value:expr, $avx2:path, $avx512:path);* $(;)?) => {$(
+        impl RowDot for $B {
+            const ACT: ActKind = ActKind::$kind;
+            #[allow(unreachable_code, unused_variables)]
+            fn row_dot(row: &[Self], acts: &Acts, out: &mut [f32], isa: Isa) {
+                let x = acts.floats(ActKind::$kind);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if isa == Isa::Avx512 {
+                        // SAFETY: AVX-512F (+ the AVX2 tier) detected; `x`
+                        // holds `out.len()` rows of `row.len()` values.
+                        unsafe { $avx512(bytemuck::cast_slice(row), x, out) };
+                        return;
+                    }
+                    if isa == Isa::Avx2 {
+                        // SAFETY: AVX2/FMA/F16C detected; shapes as above.
+                        unsafe { $avx2(bytemuck::cast_slice(row), x, out) };
+                        return;
+                    }
+                }
+                portable::dot_float(row, x, out, $value)
+            }
         }
-        Self::row_dot_portable(row, acts, out)
-    }
+    )*};
 }
 
-impl RowDot for float::BlockF16 {
-    const Q8_ACTS: bool = false;
-    fn row_dot_portable(row: &[Self], acts: &Acts, out: &mut [f32]) {
-        portable::dot_float(row, acts, out, |b| b.value.to_f32())
-    }
-    fn row_dot(row: &[Self], acts: &Acts, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: AVX2/FMA/F16C present; `acts.x` holds `out.len()` rows of `row.len()`.
-            unsafe { avx2::f16_rows(bytemuck::cast_slice(row), acts.x, out) };
-            return;
-        }
-        Self::row_dot_portable(row, acts, out)
-    }
-}
-
-impl RowDot for float::BlockBF16 {
-    const Q8_ACTS: bool = false;
-    fn row_dot_portable(row: &[Self], acts: &Acts, out: &mut [f32]) {
-        portable::dot_float(row, acts, out, |b| b.to_f32())
-    }
-    fn row_dot(row: &[Self], acts: &Acts, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: AVX2/FMA present; `acts.x` holds `out.len()` rows of `row.len()`.
-            unsafe { avx2::bf16_rows(bytemuck::cast_slice(row), acts.x, out) };
-            return;
-        }
-        Self::row_dot_portable(row, acts, out)
-    }
-}
+float_kernels!(
+    float::BlockF32 => F32, |b: &float::BlockF32| b.value, avx2::f32_rows, avx512::f32_rows;
+    float::BlockF16 => F16, |b: &float::BlockF16| b.value.to_f32(), avx2::f16_rows, avx512::f16_rows;
+    float::BlockBF16 => BF16, |b: &float::BlockBF16| b.to_f32(), avx2::bf16_rows, avx512::bf16_rows;
+);
 
 /// A quantized weight matrix: `rows` rows of `cols` weights, row-major bytes.
 #[derive(Clone, Copy)]
@@ -251,9 +467,24 @@ impl WeightView<'_> {
     }
 }
 
+/// The activation form weights of `qtype` multiply with.
+pub fn act_kind(qtype: QType) -> ActKind {
+    with_block!(qtype, B => B::ACT)
+}
+
 /// `out[t][r] = dot(weight row r, activations of token t)`; `out` is
 /// `acts.ntok × w.rows`, row-major. Parallel over weight rows.
 pub fn matmul(w: &WeightView, acts: &Acts, out: &mut [f32]) -> Result<()> {
+    matmul_isa(w, acts, out, isa_level())
+}
+
+/// [`matmul`] through the portable kernels only (for tests and comparisons).
+pub fn matmul_portable(w: &WeightView, acts: &Acts, out: &mut [f32]) -> Result<()> {
+    matmul_isa(w, acts, out, Isa::Portable)
+}
+
+/// [`matmul`] with the kernels of tier `isa` (at most [`isa_level`]).
+pub fn matmul_isa(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Result<()> {
     w.check()?;
     if acts.cols != w.cols {
         return Err(Error::Shape(format!(
@@ -270,33 +501,25 @@ pub fn matmul(w: &WeightView, acts: &Acts, out: &mut [f32]) -> Result<()> {
             acts.ntok * w.rows
         )));
     }
-    with_block!(w.qtype, B => matmul_typed::<B>(w, acts, out, false));
+    let isa = isa.min(isa_level());
+    acts.prepare(act_kind(w.qtype))?;
+    with_block!(w.qtype, B => matmul_typed::<B>(w, acts, out, isa));
     Ok(())
 }
 
-/// [`matmul`] through the portable kernels only (for tests and comparisons).
-pub fn matmul_portable(w: &WeightView, acts: &Acts, out: &mut [f32]) -> Result<()> {
-    w.check()?;
-    if acts.cols != w.cols || out.len() != acts.ntok * w.rows {
-        return Err(Error::Shape("matmul_portable: shapes do not agree".into()));
-    }
-    with_block!(w.qtype, B => matmul_typed::<B>(w, acts, out, true));
-    Ok(())
-}
-
-fn matmul_typed<B: RowDot>(w: &WeightView, acts: &Acts, out: &mut [f32], portable: bool) {
+fn matmul_typed<B: RowDot>(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) {
     let blocks: Cow<[B]> = blocks_of::<B>(w.bytes);
     let per_row = w.cols / B::BLOCK_SIZE;
     let ntok = acts.ntok;
     let threads = rayon::current_num_threads().max(1);
-    let chunk = (w.rows / (threads * 8)).clamp(1, 4096);
+    // Enough rows per task to amortize scheduling, enough tasks to balance.
+    let chunk = if threads == 1 {
+        w.rows
+    } else {
+        (w.rows / (threads * 8)).clamp(16, 4096)
+    };
     let run = |row: usize, dst: &mut [f32]| {
-        let r = &blocks[row * per_row..(row + 1) * per_row];
-        if portable {
-            B::row_dot_portable(r, acts, dst)
-        } else {
-            B::row_dot(r, acts, dst)
-        }
+        B::row_dot(&blocks[row * per_row..(row + 1) * per_row], acts, dst, isa)
     };
     if ntok == 1 {
         out.par_chunks_mut(chunk).enumerate().for_each(|(ci, dst)| {
@@ -315,11 +538,45 @@ fn matmul_typed<B: RowDot>(w: &WeightView, acts: &Acts, out: &mut [f32], portabl
                 run(ci * chunk + i, o);
             }
         });
-    out.par_chunks_mut(w.rows).enumerate().for_each(|(t, o)| {
-        for (r, v) in o.iter_mut().enumerate() {
-            *v = tmp[r * ntok + t];
-        }
-    });
+    out.par_chunks_mut(w.rows)
+        .with_min_len(8)
+        .enumerate()
+        .for_each(|(t, o)| {
+            for (r, v) in o.iter_mut().enumerate() {
+                *v = tmp[r * ntok + t];
+            }
+        });
+}
+
+/// `Σ q[i] · k[i]` for f32 `q` and f16 `k` (the attention scores).
+pub fn dot_f32_f16(q: &[f32], k: &[u16]) -> f32 {
+    assert!(k.len() >= q.len());
+    #[cfg(target_arch = "x86_64")]
+    match isa_level() {
+        // SAFETY: the tier was detected; the lengths were checked above.
+        Isa::Avx512 => return unsafe { avx512::dot_f32_f16(q, k) },
+        Isa::Avx2 => return unsafe { avx2::dot_f32_f16(q, k) },
+        _ => {}
+    }
+    q.iter()
+        .zip(k)
+        .map(|(&a, &b)| a * half::f16::from_bits(b).to_f32())
+        .sum()
+}
+
+/// `o[i] += w · v[i]` for f16 `v` (the attention-weighted values).
+pub fn axpy_f16(o: &mut [f32], w: f32, v: &[u16]) {
+    assert!(v.len() >= o.len());
+    #[cfg(target_arch = "x86_64")]
+    match isa_level() {
+        // SAFETY: the tier was detected; the lengths were checked above.
+        Isa::Avx512 => return unsafe { avx512::axpy_f16(o, w, v) },
+        Isa::Avx2 => return unsafe { avx2::axpy_f16(o, w, v) },
+        _ => {}
+    }
+    for (a, &b) in o.iter_mut().zip(v) {
+        *a += w * half::f16::from_bits(b).to_f32();
+    }
 }
 
 /// Dequantize row `row` of a weight matrix into `dst` (`cols` values).

@@ -1,18 +1,22 @@
-//! Portable kernels. Every 32-weight piece of every block type is viewed as a
-//! [`Group`]: i8 codes with, per half of 16, a scale and a bias, so that
-//! `w[j] = scale[j / 16] * code[j] + bias[j / 16]`. One generic kernel then
-//! multiplies any type with 8-bit activations; the decoders follow the
-//! dequantization loops of ggml-quants.c (`dequantize_row_*`).
+//! Portable kernels. The 32-weight legacy blocks (Q4_0..Q8_0, IQ4_NL) are
+//! viewed as a [`Group`] (i8 codes, a scale and a bias) multiplied with
+//! [`BlockQ8A`] activations; the 256-weight super-blocks (Q2_K..Q6_K,
+//! IQ4_XS) as a [`KBlock`] (i8 codes, integer scales and mins per 16, two
+//! float factors) multiplied with [`BlockQ8K`] activations, all in integers
+//! as ggml does. The decoders follow ggml-quants.c's `dequantize_row_*`.
 
-use super::{Acts, BlockQ8A};
+// The decoders index codes and packed bytes by the same position.
+#![allow(clippy::needless_range_loop)]
+
+use super::{BlockQ8A, BlockQ8K};
 use crate::quants::{iq4, k_quants, legacy, Block, QK_K};
 
 /// One 32-weight piece of a block in scale/bias form.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Group {
     pub codes: [i8; 32],
-    pub scale: [f32; 2],
-    pub bias: [f32; 2],
+    pub scale: f32,
+    pub bias: f32,
 }
 
 /// Blocks that can be read as 32-weight groups.
@@ -40,11 +44,7 @@ fn fifth_bits(qh: &[u8; 4]) -> u32 {
 }
 
 fn group(codes: [i8; 32], scale: f32, bias: f32) -> Group {
-    Group {
-        codes,
-        scale: [scale; 2],
-        bias: [bias; 2],
-    }
+    Group { codes, scale, bias }
 }
 
 impl Groups for legacy::BlockQ4_0 {
@@ -100,26 +100,6 @@ impl Groups for iq4::BlockIQ4NL {
     }
 }
 
-impl Groups for iq4::BlockIQ4XS {
-    fn groups(&self, out: &mut [Group]) {
-        let d = f16(self.d);
-        for (ib, g) in out.iter_mut().enumerate().take(QK_K / 32) {
-            let lo = (self.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xf;
-            let hi = ((self.scales_h >> (2 * ib)) & 3) as u8;
-            let ls = (lo | (hi << 4)) as i32 - 32;
-            let qs: &[u8; 16] = self.qs[16 * ib..16 * ib + 16]
-                .try_into()
-                .unwrap_or(&[0; 16]);
-            let n = nibbles(qs);
-            *g = group(
-                std::array::from_fn(|j| KVALUES_IQ4NL[n[j] as usize]),
-                d * ls as f32,
-                0.0,
-            );
-        }
-    }
-}
-
 /// The 6-bit scale and minimum of sub-block `j` of Q4_K/Q5_K (ggml `get_scale_min_k4`).
 pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
@@ -129,84 +109,6 @@ pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
             (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
             (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
         )
-    }
-}
-
-impl Groups for k_quants::BlockQ4K {
-    fn groups(&self, out: &mut [Group]) {
-        let (d, dmin) = (f16(self.d), f16(self.dmin));
-        for (g, o) in out.iter_mut().enumerate().take(8) {
-            let (sc, m) = scale_min_k4(g, &self.scales);
-            let q = &self.qs[32 * (g / 2)..32 * (g / 2) + 32];
-            let shift = 4 * (g % 2);
-            *o = group(
-                std::array::from_fn(|l| ((q[l] >> shift) & 15) as i8),
-                d * sc as f32,
-                -dmin * m as f32,
-            );
-        }
-    }
-}
-
-impl Groups for k_quants::BlockQ5K {
-    fn groups(&self, out: &mut [Group]) {
-        let (d, dmin) = (f16(self.d), f16(self.dmin));
-        for (g, o) in out.iter_mut().enumerate().take(8) {
-            let (sc, m) = scale_min_k4(g, &self.scales);
-            let q = &self.qs[32 * (g / 2)..32 * (g / 2) + 32];
-            let shift = 4 * (g % 2);
-            *o = group(
-                std::array::from_fn(|l| {
-                    (((q[l] >> shift) & 15) | (((self.qh[l] >> g) & 1) << 4)) as i8
-                }),
-                d * sc as f32,
-                -dmin * m as f32,
-            );
-        }
-    }
-}
-
-impl Groups for k_quants::BlockQ6K {
-    fn groups(&self, out: &mut [Group]) {
-        let d = f16(self.d);
-        for (g, o) in out.iter_mut().enumerate().take(8) {
-            let (n, k) = (g / 4, g % 4);
-            let ql = &self.ql[64 * n..64 * n + 64];
-            let qh = &self.qh[32 * n..32 * n + 32];
-            let sc = &self.scales[8 * n..8 * n + 8];
-            let codes = std::array::from_fn(|l| {
-                let low = match k {
-                    0 => ql[l] & 15,
-                    1 => ql[l + 32] & 15,
-                    2 => ql[l] >> 4,
-                    _ => ql[l + 32] >> 4,
-                };
-                let high = (qh[l] >> (2 * k)) & 3;
-                (low | (high << 4)) as i8 - 32
-            });
-            *o = Group {
-                codes,
-                scale: [d * sc[2 * k] as f32, d * sc[2 * k + 1] as f32],
-                bias: [0.0; 2],
-            };
-        }
-    }
-}
-
-impl Groups for k_quants::BlockQ2K {
-    fn groups(&self, out: &mut [Group]) {
-        let (d, dmin) = (f16(self.d), f16(self.dmin));
-        for (g, o) in out.iter_mut().enumerate().take(8) {
-            let (n, j) = (g / 4, g % 4);
-            let q = &self.qs[32 * n..32 * n + 32];
-            let s0 = self.scales[8 * n + 2 * j];
-            let s1 = self.scales[8 * n + 2 * j + 1];
-            *o = Group {
-                codes: std::array::from_fn(|l| ((q[l] >> (2 * j)) & 3) as i8),
-                scale: [d * (s0 & 15) as f32, d * (s1 & 15) as f32],
-                bias: [-dmin * (s0 >> 4) as f32, -dmin * (s1 >> 4) as f32],
-            };
-        }
     }
 }
 
@@ -226,73 +128,203 @@ pub fn q3k_scales(raw: &[u8; 12]) -> [i8; 16] {
     std::array::from_fn(|i| (aux[i / 4].to_le_bytes()[i % 4] as i8).wrapping_sub(32))
 }
 
-impl Groups for k_quants::BlockQ3K {
-    fn groups(&self, out: &mut [Group]) {
-        let d = f16(self.d);
-        let scales = q3k_scales(&self.scales);
-        for (g, o) in out.iter_mut().enumerate().take(8) {
+/// `out[t] = dot(row, token t)` for the legacy types; `acts` holds
+/// `out.len()` tokens of `row.len()` blocks each. As ggml: per block
+/// `d_x · d_y · Σ code·q + bias · s_y` (`s_y` = [`BlockQ8A::dsum`]).
+pub fn dot_groups<B: Groups>(row: &[B], acts: &[BlockQ8A], out: &mut [f32]) {
+    let nb = row.len();
+    let mut g = [Group::default()];
+    out.fill(0.0);
+    for (bi, blk) in row.iter().enumerate() {
+        blk.groups(&mut g);
+        let g = &g[0];
+        for (t, o) in out.iter_mut().enumerate() {
+            let a = &acts[t * nb + bi];
+            let isum: i32 = g
+                .codes
+                .iter()
+                .zip(&a.qs)
+                .map(|(&c, &q)| c as i32 * q as i32)
+                .sum();
+            *o += g.scale * a.d * isum as f32 + g.bias * a.dsum;
+        }
+    }
+}
+
+/// A 256-weight super-block in integer form: `w[l] = d · sc[l / 16] · codes[l]
+/// - dmin · mn[l / 16]`.
+#[derive(Clone, Copy, Debug)]
+pub struct KBlock {
+    pub codes: [i8; QK_K],
+    pub sc: [i32; 16],
+    pub mn: [i32; 16],
+    pub d: f32,
+    pub dmin: f32,
+}
+
+impl Default for KBlock {
+    fn default() -> Self {
+        KBlock {
+            codes: [0; QK_K],
+            sc: [0; 16],
+            mn: [0; 16],
+            d: 0.0,
+            dmin: 0.0,
+        }
+    }
+}
+
+/// Super-block types read as [`KBlock`]s.
+pub trait KDecode: Block {
+    fn kblock(&self, out: &mut KBlock);
+}
+
+impl KDecode for k_quants::BlockQ4K {
+    fn kblock(&self, o: &mut KBlock) {
+        (o.d, o.dmin) = (f16(self.d), f16(self.dmin));
+        for g in 0..8 {
+            let (sc, m) = scale_min_k4(g, &self.scales);
+            (o.sc[2 * g], o.sc[2 * g + 1]) = (sc as i32, sc as i32);
+            (o.mn[2 * g], o.mn[2 * g + 1]) = (m as i32, m as i32);
+            let q = &self.qs[32 * (g / 2)..32 * (g / 2) + 32];
+            let shift = 4 * (g % 2);
+            for l in 0..32 {
+                o.codes[32 * g + l] = ((q[l] >> shift) & 15) as i8;
+            }
+        }
+    }
+}
+
+impl KDecode for k_quants::BlockQ5K {
+    fn kblock(&self, o: &mut KBlock) {
+        (o.d, o.dmin) = (f16(self.d), f16(self.dmin));
+        for g in 0..8 {
+            let (sc, m) = scale_min_k4(g, &self.scales);
+            (o.sc[2 * g], o.sc[2 * g + 1]) = (sc as i32, sc as i32);
+            (o.mn[2 * g], o.mn[2 * g + 1]) = (m as i32, m as i32);
+            let q = &self.qs[32 * (g / 2)..32 * (g / 2) + 32];
+            let shift = 4 * (g % 2);
+            for l in 0..32 {
+                o.codes[32 * g + l] =
+                    (((q[l] >> shift) & 15) | (((self.qh[l] >> g) & 1) << 4)) as i8;
+            }
+        }
+    }
+}
+
+impl KDecode for k_quants::BlockQ6K {
+    fn kblock(&self, o: &mut KBlock) {
+        (o.d, o.dmin) = (f16(self.d), 0.0);
+        o.mn = [0; 16];
+        for (s, v) in o.sc.iter_mut().zip(&self.scales) {
+            *s = *v as i32;
+        }
+        for g in 0..8 {
+            let (n, k) = (g / 4, g % 4);
+            let ql = &self.ql[64 * n..64 * n + 64];
+            let qh = &self.qh[32 * n..32 * n + 32];
+            for l in 0..32 {
+                let low = match k {
+                    0 => ql[l] & 15,
+                    1 => ql[l + 32] & 15,
+                    2 => ql[l] >> 4,
+                    _ => ql[l + 32] >> 4,
+                };
+                let high = (qh[l] >> (2 * k)) & 3;
+                o.codes[32 * g + l] = (low | (high << 4)) as i8 - 32;
+            }
+        }
+    }
+}
+
+impl KDecode for k_quants::BlockQ2K {
+    fn kblock(&self, o: &mut KBlock) {
+        (o.d, o.dmin) = (f16(self.d), f16(self.dmin));
+        for (j, &s) in self.scales.iter().enumerate() {
+            o.sc[j] = (s & 15) as i32;
+            o.mn[j] = (s >> 4) as i32;
+        }
+        for g in 0..8 {
+            let (n, j) = (g / 4, g % 4);
+            let q = &self.qs[32 * n..32 * n + 32];
+            for l in 0..32 {
+                o.codes[32 * g + l] = ((q[l] >> (2 * j)) & 3) as i8;
+            }
+        }
+    }
+}
+
+impl KDecode for k_quants::BlockQ3K {
+    fn kblock(&self, o: &mut KBlock) {
+        (o.d, o.dmin) = (f16(self.d), 0.0);
+        o.mn = [0; 16];
+        for (s, v) in o.sc.iter_mut().zip(q3k_scales(&self.scales)) {
+            *s = v as i32;
+        }
+        for g in 0..8 {
             let (n, j) = (g / 4, g % 4);
             let q = &self.qs[32 * n..32 * n + 32];
             let m = 1u8 << g;
-            *o = Group {
-                codes: std::array::from_fn(|l| {
-                    let low = ((q[l] >> (2 * j)) & 3) as i8;
-                    low - if self.hmask[l] & m != 0 { 0 } else { 4 }
-                }),
-                scale: [
-                    d * scales[8 * n + 2 * j] as f32,
-                    d * scales[8 * n + 2 * j + 1] as f32,
-                ],
-                bias: [0.0; 2],
-            };
+            for l in 0..32 {
+                let low = ((q[l] >> (2 * j)) & 3) as i8;
+                o.codes[32 * g + l] = low - if self.hmask[l] & m != 0 { 0 } else { 4 };
+            }
         }
     }
 }
 
-/// Integer dot products of the two halves of a group with one activation block.
-#[inline]
-fn half_dots(codes: &[i8; 32], a: &BlockQ8A) -> [i32; 2] {
-    let mut s = [0i32; 2];
-    for (h, sh) in s.iter_mut().enumerate() {
-        *sh = codes[16 * h..16 * h + 16]
-            .iter()
-            .zip(&a.qs[16 * h..16 * h + 16])
-            .map(|(&c, &q)| c as i32 * q as i32)
-            .sum();
+impl KDecode for iq4::BlockIQ4XS {
+    fn kblock(&self, o: &mut KBlock) {
+        (o.d, o.dmin) = (f16(self.d), 0.0);
+        o.mn = [0; 16];
+        for ib in 0..QK_K / 32 {
+            let lo = (self.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xf;
+            let hi = ((self.scales_h >> (2 * ib)) & 3) as u8;
+            let ls = (lo | (hi << 4)) as i32 - 32;
+            (o.sc[2 * ib], o.sc[2 * ib + 1]) = (ls, ls);
+            let qs: &[u8; 16] = self.qs[16 * ib..16 * ib + 16]
+                .try_into()
+                .unwrap_or(&[0; 16]);
+            for (c, n) in o.codes[32 * ib..32 * ib + 32].iter_mut().zip(nibbles(qs)) {
+                *c = KVALUES_IQ4NL[n as usize];
+            }
+        }
     }
-    s
 }
 
-/// `out[t] = dot(row, token t)` for any grouped type; `acts` holds
-/// `out.len()` tokens of `row.len() * BLOCK_SIZE / 32` blocks each.
-pub fn dot_groups<B: Groups>(row: &[B], acts: &[BlockQ8A], out: &mut [f32]) {
-    let gpb = B::BLOCK_SIZE / 32;
-    let nb = row.len() * gpb;
-    let mut groups = [Group::default(); QK_K / 32];
+/// `out[t] = dot(row, token t)` for the super-block types; `acts` holds
+/// `out.len()` tokens of `row.len()` blocks. As ggml: per super-block
+/// `d_y·d · Σ_j sc_j Σ code·q - d_y·dmin · Σ_j mn_j bsum_j`, in integers.
+pub fn dot_k<B: KDecode>(row: &[B], acts: &[BlockQ8K], out: &mut [f32]) {
+    let nb = row.len();
+    let mut kb = KBlock::default();
     out.fill(0.0);
     for (bi, blk) in row.iter().enumerate() {
-        blk.groups(&mut groups[..gpb]);
+        blk.kblock(&mut kb);
         for (t, o) in out.iter_mut().enumerate() {
-            let tok = &acts[t * nb + bi * gpb..t * nb + bi * gpb + gpb];
-            let mut s = 0f32;
-            for (g, a) in groups[..gpb].iter().zip(tok) {
-                let [lo, hi] = half_dots(&g.codes, a);
-                s += a.d
-                    * (g.scale[0] * lo as f32
-                        + g.scale[1] * hi as f32
-                        + g.bias[0] * a.sum[0] as f32
-                        + g.bias[1] * a.sum[1] as f32);
+            let a = &acts[t * nb + bi];
+            let mut sumi = 0i32;
+            let mut summ = 0i32;
+            for j in 0..16 {
+                let s: i32 = kb.codes[16 * j..16 * j + 16]
+                    .iter()
+                    .zip(&a.qs[16 * j..16 * j + 16])
+                    .map(|(&c, &q)| c as i32 * q as i32)
+                    .sum();
+                sumi += kb.sc[j] * s;
+                summ += kb.mn[j] * a.bsums[j] as i32;
             }
-            *o += s;
+            *o += a.d * kb.d * sumi as f32 - a.d * kb.dmin * summ as f32;
         }
     }
 }
 
-/// `out[t] = dot(row, x of token t)` for the float types.
-pub fn dot_float<B: Block>(row: &[B], acts: &Acts, out: &mut [f32], value: impl Fn(&B) -> f32) {
+/// `out[t] = dot(row, x of token t)` for the float types (`x` already in the
+/// activation form of the type).
+pub fn dot_float<B: Block>(row: &[B], x: &[f32], out: &mut [f32], value: impl Fn(&B) -> f32) {
     let cols = row.len();
     for (t, o) in out.iter_mut().enumerate() {
-        let x = &acts.x[t * cols..(t + 1) * cols];
+        let x = &x[t * cols..(t + 1) * cols];
         *o = row.iter().zip(x).map(|(w, v)| value(w) * v).sum();
     }
 }

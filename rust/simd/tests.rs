@@ -59,15 +59,19 @@ fn random_weights(qtype: QType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<
 fn reference(qtype: QType, w: &[u8], rows: usize, cols: usize, acts: &Acts) -> Vec<f64> {
     let mut wf = vec![0f32; rows * cols];
     crate::quants::dequantize(qtype, w, cols, &mut wf).unwrap();
-    let q8 = with_block!(qtype, B => B::Q8_ACTS);
     // The activations as the kernels see them.
-    let xs: Vec<f32> = if q8 {
-        acts.q8
+    let xs: Vec<f32> = match act_kind(qtype) {
+        ActKind::Q8 => acts
+            .q8()
             .iter()
             .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
-            .collect()
-    } else {
-        acts.x.to_vec()
+            .collect(),
+        ActKind::Q8K => acts
+            .q8k()
+            .iter()
+            .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+            .collect(),
+        kind => acts.floats(kind).to_vec(),
     };
     let mut out = vec![0f64; acts.ntok * rows];
     for t in 0..acts.ntok {
@@ -86,6 +90,7 @@ fn check_type(qtype: QType, ntok: usize) {
     let w = random_weights(qtype, rows, cols, &mut rng);
     let x: Vec<f32> = (0..ntok * cols).map(|_| rng.uniform() * 3.0).collect();
     let acts = Acts::new(&x, cols).unwrap();
+    acts.prepare(act_kind(qtype)).unwrap();
     let view = WeightView {
         qtype,
         bytes: &w,
@@ -101,27 +106,33 @@ fn check_type(qtype: QType, ntok: usize) {
         "{}: dequantized weights are all zero",
         qtype.name()
     );
-    for portable in [true, false] {
+    let mut portable = vec![0f32; ntok * rows];
+    matmul_portable(&view, &acts, &mut portable).unwrap();
+    for isa in available_isas() {
         let mut got = vec![0f32; ntok * rows];
-        if portable {
-            matmul_portable(&view, &acts, &mut got).unwrap();
-        } else {
-            matmul(&view, &acts, &mut got).unwrap();
-        }
-        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+        matmul_isa(&view, &acts, &mut got, isa).unwrap();
+        for (i, ((g, e), p)) in got.iter().zip(&want).zip(&portable).enumerate() {
             let err = (*g as f64 - e).abs();
             assert!(
                 err <= 1e-5 * scale + 1e-4 * e.abs(),
                 "{} ({}, ntok {ntok}): output {i}: got {g}, want {e}",
                 qtype.name(),
-                if portable { "portable" } else { isa() },
+                isa.name(),
+            );
+            // Same integers as the portable kernel: only float rounding differs.
+            let dp = (*g as f64 - *p as f64).abs();
+            assert!(
+                dp <= 2e-6 * scale + 1e-5 * e.abs(),
+                "{} ({}, ntok {ntok}): output {i}: got {g}, portable {p}",
+                qtype.name(),
+                isa.name(),
             );
         }
     }
 }
 
 #[test]
-fn kernels_match_dequantize_then_dot_for_every_type() {
+fn kernels_match_dequantize_then_dot_for_every_type_and_tier() {
     for qtype in ALL_TYPES {
         for ntok in [1, 3, 4, 9] {
             check_type(qtype, ntok);
@@ -130,16 +141,74 @@ fn kernels_match_dequantize_then_dot_for_every_type() {
 }
 
 #[test]
-fn activation_quantization_round_trips() {
+fn q8_activations_follow_ggml() {
     let mut rng = Rng(7);
-    let x: Vec<f32> = (0..256).map(|_| rng.uniform()).collect();
+    let mut x: Vec<f32> = (0..256).map(|_| rng.uniform()).collect();
+    // A tie: 0.5 of a step rounds to even, and a block of zeros.
+    x[1] = x[0].abs().max(1.0);
+    x[0] = -x[1];
+    x[2] = x[1] / 127.0 * 2.5;
+    for v in &mut x[224..256] {
+        *v = 0.0;
+    }
     let acts = Acts::new(&x, 256).unwrap();
-    for (b, xs) in acts.q8.iter().zip(x.chunks_exact(32)) {
+    for (b, xs) in acts.q8().iter().zip(x.chunks_exact(32)) {
         let s: i32 = b.qs.iter().map(|&q| q as i32).sum();
         assert_eq!(s, b.sum[0] as i32 + b.sum[1] as i32);
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        assert_eq!(b.d, half::f16::from_f32(d).to_f32());
+        assert_eq!(b.dsum, half::f16::from_f32(d * s as f32).to_f32());
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         for (q, v) in b.qs.iter().zip(xs) {
-            // Half a step, plus the f16 rounding of the scale times at most 127.
-            assert!((*q as f32 * b.d - v).abs() <= b.d * (0.5 + 127.0 / 2048.0) + 1e-6);
+            assert_eq!(*q as f32, (v * id).round_ties_even());
+        }
+    }
+    assert_eq!(acts.q8()[0].qs[2], 2, "2.5 rounds to even");
+    let k = &acts.q8k()[0];
+    let (amax, max) = x.iter().fold((0f32, 0f32), |(a, m), &v| {
+        if v.abs() > a {
+            (v.abs(), v)
+        } else {
+            (a, m)
+        }
+    });
+    assert!(amax > 0.0);
+    let iscale = -127.0 / max;
+    assert_eq!(k.d, 1.0 / iscale);
+    for (j, (q, v)) in k.qs.iter().zip(&x).enumerate() {
+        assert_eq!(
+            *q as f32,
+            (iscale * v).round_ties_even().min(127.0),
+            "value {j}"
+        );
+    }
+    for (j, s) in k.bsums.iter().enumerate() {
+        let want: i32 = k.qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
+        assert_eq!(*s as i32, want);
+    }
+    let h = acts.f16();
+    assert_eq!(h[3], half::f16::from_f32(x[3]).to_f32());
+}
+
+#[test]
+fn attention_pieces_match_scalar() {
+    let mut rng = Rng(11);
+    for n in [64, 67, 128] {
+        let q: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+        let k: Vec<u16> = (0..n)
+            .map(|_| half::f16::from_f32(rng.uniform()).to_bits())
+            .collect();
+        let want: f64 = q
+            .iter()
+            .zip(&k)
+            .map(|(&a, &b)| a as f64 * half::f16::from_bits(b).to_f64())
+            .sum();
+        assert!((dot_f32_f16(&q, &k) as f64 - want).abs() < 1e-5);
+        let mut o = q.clone();
+        axpy_f16(&mut o, 0.5, &k);
+        for ((o, a), b) in o.iter().zip(&q).zip(&k) {
+            assert!((o - (a + 0.5 * half::f16::from_bits(*b).to_f32())).abs() < 1e-6);
         }
     }
 }
@@ -158,4 +227,5 @@ fn bad_shapes_are_errors() {
     let mut out = vec![0f32; 2];
     assert!(matmul(&view, &acts, &mut out).is_err());
     assert!(Acts::new(&x, 48).is_err());
+    assert!(Acts::new(&x, 32).unwrap().prepare(ActKind::Q8K).is_err());
 }
