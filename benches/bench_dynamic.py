@@ -292,7 +292,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 d = json.loads(j.read_text())
                 imat_file = d.get("imatrix")
         pi_path = work / f"{preset}-imatrix.gguf"
-        if imat_file and not pi_path.is_file():
+        # only the stage that evaluates it writes it (parallel stages raced on this file once)
+        if imat_file and want("imatrix") and not pi_path.is_file():
             convert(model_dir, pi_path, preset, imatrix=imat_file, progress=False)
         if imat_file and want("imatrix"):
             entry["imatrix"] = _eval(pi_path, text, ref, args)
