@@ -1214,8 +1214,8 @@ def recommend(report: CompareReport) -> str:
             parts.append(f"at {t} {best.method} (KL {_kld(best.kld)})")
     if parts:
         out.append("Best method per budget: " + "; ".join(parts) + ".")
-    if wins and len(by_type) > 1:
-        method, n = wins.most_common(1)[0]
+    method, n = wins.most_common(1)[0] if wins else ("", 0)
+    if len(by_type) > 1 and 2 * n > len(by_type):
         out.append(f"{method} is the best at {n} of {len(by_type)} budgets.")
     fast = [e for e in front if e.tg_tps]
     if len(fast) > 1:

@@ -76,10 +76,7 @@ impl Runtime {
 
     /// The statistics gathered since `collect_stats(True)`, and a fresh start:
     /// {tensor name: (float64 sums of squares per input column, token count)}.
-    fn take_stats<'py>(
-        &mut self,
-        py: Python<'py>,
-    ) -> PyResult<StatsDict<'py>> {
+    fn take_stats<'py>(&mut self, py: Python<'py>) -> PyResult<StatsDict<'py>> {
         let stats = self
             .session
             .stats
