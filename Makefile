@@ -13,6 +13,12 @@ PEER_DEPS := llama-cpp-python==0.3.36
 # conversion path never imports them (a test proves it); PyPI's torch is a large CUDA build.
 CALIB_DEPS := "torch>=2.2" "transformers>=4.45" "accelerate>=0.30" "sentencepiece>=0.2" \
 	"protobuf>=4" "matplotlib>=3.7"
+# transformers loads GPTQ and AWQ checkpoints through optimum + gptqmodel (on the CPU, its torch
+# kernels). gptqmodel declares heavy requirements it does not import for loading (datasets,
+# pyarrow, torchao, maturin, ...) and would move numpy and torch, so it and its import-time
+# needs go in without their dependencies; the load tests (GPTQ and AWQ) run against them.
+GPTQ_BACKEND := gptqmodel==7.7.0 optimum==2.3.0 pypcre==0.6.4 logbar==0.4.15 device-smi==0.5.7 \
+	tokenicer==0.0.14 defuser==0.0.28 threadpoolctl==3.8.0
 
 DEPS_STAMP := $(VENV)/.deps-stamp
 PEER_STAMP := $(VENV)/.peer-stamp
@@ -43,6 +49,7 @@ peer: $(PEER_STAMP)
 
 $(CALIB_STAMP): | $(DEPS_STAMP)
 	$(PIP) install -q $(CALIB_DEPS)
+	$(PIP) install -q --no-deps $(GPTQ_BACKEND)
 	touch $@
 
 calib: $(CALIB_STAMP)

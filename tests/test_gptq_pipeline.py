@@ -202,18 +202,34 @@ def test_nan_activations_are_a_clear_error() -> None:
 
 
 def test_transformers_gptq_integration_loads_the_checkpoint(tmp_path: Path) -> None:
+    """transformers loads GPTQ checkpoints through optimum + gptqmodel (on the CPU its torch
+    kernel); ``make test`` installs both with ``--no-deps`` (see the Makefile's GPTQ_BACKEND).
+    Its logits must equal those of the weights our own reader takes from the checkpoint."""
     pytest.importorskip("gptqmodel", reason="no GPTQ backend (gptqmodel) installable here")
-    model = tiny_llama()
-    spec = GridSpec(bits=4, group_size=32)
-    results = rtn_model(model, lambda n: spec, progress=False)
-    gc.write_checkpoint(
-        tmp_path / "c",
-        model,
-        results,
-        gc.quantization_config(4, 32, True, False, False, 0.01, False),
-    )
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "c")
-    assert loaded is not None
+    pytest.importorskip("optimum", reason="transformers' GPTQ integration needs optimum")
+    for act_order in (False, True):
+        model = tiny_llama()
+        spec = GridSpec(bits=4, group_size=32, act_order=act_order)
+        results = rtn_model(model, lambda n: spec, progress=False)
+        ckpt = tmp_path / f"c{int(act_order)}"
+        gc.write_checkpoint(
+            ckpt,
+            model,
+            results,
+            gc.quantization_config(4, 32, True, act_order, False, 0.01, False),
+        )
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(
+            ckpt, dtype=torch.float16, device_map="cpu"
+        )
+        ids = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(0))
+        weights = gc.load_checkpoint_weights(ckpt)
+        with torch.no_grad():
+            model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+            ref = model(input_ids=ids).logits
+            out = loaded(input_ids=ids).logits.float()
+        # float16 activations in the kernel against our float32 dequantized weights: a wrong
+        # bit order, zero-point offset or g_idx is off by the size of the logits
+        assert float((out - ref).abs().max()) < 5e-3 * float(ref.abs().max()) + 1e-3, act_order
 
 
 # ---- calibration loading --------------------------------------------------------------------
