@@ -210,7 +210,7 @@ def test_transformers_gptq_integration_loads_the_checkpoint(tmp_path: Path) -> N
     for act_order in (False, True):
         model = tiny_llama()
         spec = GridSpec(bits=4, group_size=32, act_order=act_order)
-        results = rtn_model(model, lambda n: spec, progress=False)
+        results = rtn_model(model, lambda n, s=spec: s, progress=False)
         ckpt = tmp_path / f"c{int(act_order)}"
         gc.write_checkpoint(
             ckpt,
@@ -224,7 +224,9 @@ def test_transformers_gptq_integration_loads_the_checkpoint(tmp_path: Path) -> N
         ids = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(0))
         weights = gc.load_checkpoint_weights(ckpt)
         with torch.no_grad():
-            model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+            model.load_state_dict(
+                {k: torch.from_numpy(v) for k, v in weights.items()}, strict=False
+            )
             ref = model(input_ids=ids).logits
             out = loaded(input_ids=ids).logits.float()
         # float16 activations in the kernel against our float32 dequantized weights: a wrong
