@@ -70,6 +70,18 @@ impl KvCache {
         &self.v[s..s + self.head_dim]
     }
 
+    /// One head's values of a layer from position 0 on, position `p` at
+    /// `p * stride()` (for products over all positions).
+    pub fn values_of(&self, layer: usize, kv_head: usize) -> &[u16] {
+        let s = self.base(layer, 0) + kv_head * self.head_dim;
+        &self.v[s..self.base(layer, self.n_ctx)]
+    }
+
+    /// The distance between positions in [`KvCache::values_of`].
+    pub fn stride(&self) -> usize {
+        self.kv_dim
+    }
+
     /// Forget every position from `n` on (keeps a shared prefix).
     pub fn truncate(&mut self, n: usize) {
         self.n_past = self.n_past.min(n);

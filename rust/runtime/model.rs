@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use super::kv_cache::KvCache;
 use super::weights::{GgufWeights, TensorSpec, Weight};
 use crate::error::{Error, Result};
+use crate::simd::attn::Order;
 use crate::simd::{self, Acts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -558,8 +559,10 @@ impl Model {
                         RopeMode::Neox => (i, i + half),
                     };
                     let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * c[i] - x1 * s[i];
-                    head[b] = x0 * s[i] + x1 * c[i];
+                    // ggml's `rotate_pairs` as GCC contracts it (-ffp-contract=fast):
+                    // `x0*cos - x1*sin` -> fma(x0, cos, -(x1*sin)), and likewise.
+                    head[a] = x0.mul_add(c[i], -(x1 * s[i]));
+                    head[b] = x0.mul_add(s[i], x1 * c[i]);
                 }
             }
         }
@@ -747,14 +750,38 @@ fn round_f16(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
 
+/// llama.cpp's KV length for a product over the cache (`llama_kv_cache::get_n_kv`):
+/// the used cells rounded up to 256, at least 256, at most the cache size.
+fn ggml_n_kv(n_ctx: usize, used: usize) -> usize {
+    n_ctx.min(used.div_ceil(256).max(1) * 256)
+}
+
 /// Causal grouped-query attention of the batch's queries over the cache,
-/// with llama.cpp's numerics (no flash attention): queries rounded to f16
-/// for the product with the f16 keys, softmax in f32 (sum in f64), the
-/// probabilities rounded to f16 for the product with the f16 values.
+/// with llama.cpp's numerics (no flash attention, `build_attn_mha`): queries
+/// rounded to f16 for the product with the f16 keys, softmax in f32 over
+/// ggml's padded KV length (vector `expf` in chunks of 16, sum in f64), the
+/// probabilities rounded to f16 for the product with the f16 values. Both
+/// products follow ggml's order of float operations ([`simd::attn`]): the
+/// llamafile sgemm for a batch of two or more tokens, `ggml_vec_dot_f16` for
+/// a single token.
 fn attention(hp: &HParams, cache: &KvCache, layer: usize, pos0: usize, q: &[f32], out: &mut [f32]) {
     let hd = hp.head_dim;
     let group = hp.n_head / hp.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
+    let n_tok = q.len() / hp.q_dim();
+    let n_kv = ggml_n_kv(cache.n_ctx, pos0 + n_tok);
+    let batched = n_tok >= 2;
+    // llamafile_sgemm takes F16 x F16 only for k % 16 == 0 and m % 4 == 0.
+    let kq_order = if batched && hd % 16 == 0 && n_kv % 4 == 0 {
+        Order::TinyBlas
+    } else {
+        Order::VecDot
+    };
+    let kqv_order = if batched && n_kv % 16 == 0 && hd % 4 == 0 {
+        Order::TinyBlas
+    } else {
+        Order::VecDot
+    };
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
         let (t, head) = (idx / hp.n_head, idx % hp.n_head);
         let kvh = head / group;
@@ -763,15 +790,34 @@ fn attention(hp: &HParams, cache: &KvCache, layer: usize, pos0: usize, q: &[f32]
             .map(|&x| round_f16(x))
             .collect();
         let n_keys = pos0 + t + 1;
-        let mut scores: Vec<f32> = (0..n_keys)
-            .map(|p| simd::dot_f32_f16(&qv, cache.key(layer, p, kvh)) * scale)
+        // The masked positions up to the next chunk of 16 (within n_kv) go
+        // through the vector exp as in ggml, as -inf.
+        let padded = n_kv.min(n_keys.div_ceil(GGML_VEC) * GGML_VEC).max(n_keys);
+        let mut scores: Vec<f32> = (0..padded)
+            .map(|p| {
+                if p < n_keys {
+                    simd::attn::dot_f16(kq_order, &qv, cache.key(layer, p, kvh)) * scale
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
             .collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let max = scores[..n_keys]
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let sum = soft_max_exp(&mut scores, max);
-        o.fill(0.0);
         let inv = (1.0 / sum) as f32;
-        for (p, s) in scores.iter().enumerate() {
-            simd::axpy_f16(o, round_f16(s * inv), cache.value(layer, p, kvh));
+        scores.truncate(n_keys);
+        for s in scores.iter_mut() {
+            *s = round_f16(*s * inv);
         }
+        simd::attn::weighted_sum_f16(
+            kqv_order,
+            &scores,
+            cache.values_of(layer, kvh),
+            cache.stride(),
+            n_kv,
+            o,
+        );
     });
 }

@@ -171,6 +171,70 @@ macro_rules! x86_kernels {
             }
         }
 
+        /// [`q4_0`] in the order of ggml's repacked Q4_0 kernels
+        /// (`ggml_gemm_q4_0_8x8_q8_0` / `ggml_gemv_q4_0_8x8_q8_0`, arch/x86/repack.cpp):
+        /// per output one FMA chain over the blocks, `acc = fma(Σ q·a as f32,
+        /// d_w · d_a, acc)` (the integer sums of eight blocks made at once).
+        ///
+        /// # Safety
+        /// As [`q4_0`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn q4_0_seq(row: &[legacy::BlockQ4_0], acts: &[BlockQ8A], out: &mut [f32]) {
+            tiles!($tile; q4_0_seq_tile, row, acts, row.len(), out)
+        }
+
+        /// Lane k of the result: the sum of the lanes of `p[k]`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn hsum8x8_i32(p: &[__m256i; 8]) -> __m256i {
+            let h01 = _mm256_hadd_epi32(p[0], p[1]);
+            let h23 = _mm256_hadd_epi32(p[2], p[3]);
+            let h45 = _mm256_hadd_epi32(p[4], p[5]);
+            let h67 = _mm256_hadd_epi32(p[6], p[7]);
+            let a = _mm256_hadd_epi32(h01, h23);
+            let b = _mm256_hadd_epi32(h45, h67);
+            _mm256_add_epi32(
+                _mm256_permute2x128_si256(a, b, 0x20),
+                _mm256_permute2x128_si256(a, b, 0x31),
+            )
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn q4_0_seq_tile<const N: usize>(
+            row: &[legacy::BlockQ4_0],
+            acts: &[BlockQ8A],
+            nb: usize,
+            out: &mut [f32],
+        ) {
+            let mut acc = [0f32; N];
+            let eight = _mm256_set1_epi8(8);
+            for (c, chunk) in row.chunks(8).enumerate() {
+                let base = c * 8;
+                let mut qx = [_mm256_setzero_si256(); 8];
+                let mut dw = [0f32; 8];
+                for (k, b) in chunk.iter().enumerate() {
+                    qx[k] = _mm256_sub_epi8(nibbles32(b.qs.as_ptr()), eight);
+                    dw[k] = f16_bits(b.d.to_bits());
+                }
+                for t in 0..N {
+                    let mut p = [_mm256_setzero_si256(); 8];
+                    for k in 0..chunk.len() {
+                        let a = load_act(acts.get_unchecked(t * nb + base + k));
+                        p[k] = dot_i32(_mm256_sign_epi8(qx[k], qx[k]), _mm256_sign_epi8(a, qx[k]));
+                    }
+                    let mut sums = [0f32; 8];
+                    _mm256_storeu_ps(sums.as_mut_ptr(), _mm256_cvtepi32_ps(hsum8x8_i32(&p)));
+                    let mut a = acc[t];
+                    for k in 0..chunk.len() {
+                        let da = acts.get_unchecked(t * nb + base + k).d;
+                        a = sums[k].mul_add(dw[k] * da, a);
+                    }
+                    acc[t] = a;
+                }
+            }
+            out[..N].copy_from_slice(&acc);
+        }
+
         // ------------------------------------------------------------ Q4_1
 
         /// # Safety

@@ -25,6 +25,7 @@
 //! reused across the tile: that is what makes prompt processing faster than
 //! token-by-token.
 
+pub mod attn;
 pub mod avx2;
 pub mod avx512;
 pub mod neon;
@@ -503,11 +504,41 @@ pub fn matmul_isa(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Res
     }
     let isa = isa.min(isa_level());
     acts.prepare(act_kind(w.qtype))?;
+    #[cfg(target_arch = "x86_64")]
+    if w.qtype == QType::Q4_0 && repacked_by_ggml(w) && matches!(isa, Isa::Avx2 | Isa::Avx512) {
+        matmul_with::<legacy::BlockQ4_0>(w, acts, out, &|row, a, o| {
+            // SAFETY: the tier was detected; `a` was prepared (Q8) with
+            // `o.len()` tokens of the row's blocks.
+            unsafe {
+                if isa == Isa::Avx512 {
+                    avx512::q4_0_seq(row, a.q8(), o)
+                } else {
+                    avx2::q4_0_seq(row, a.q8(), o)
+                }
+            }
+        });
+        return Ok(());
+    }
     with_block!(w.qtype, B => matmul_typed::<B>(w, acts, out, isa));
     Ok(())
 }
 
+/// Whether llama.cpp's x86 build (AVX2 and up) moves these weights to its
+/// CPU "repack" buffer (`ggml_repack_get_optimal_repack_type`, repack.cpp):
+/// Q4_0 with a multiple of 8 rows becomes `block_q4_0x8`, multiplied by
+/// `ggml_gemm/gemv_q4_0_8x8_q8_0`, whose order of float operations differs
+/// from `ggml_vec_dot_q4_0_q8_0`'s.
+pub fn repacked_by_ggml(w: &WeightView) -> bool {
+    w.qtype == QType::Q4_0 && w.rows % 8 == 0
+}
+
 fn matmul_typed<B: RowDot>(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) {
+    matmul_with::<B>(w, acts, out, &|row, a, o| B::row_dot(row, a, o, isa))
+}
+
+type RowKernel<'k, B> = dyn Fn(&[B], &Acts, &mut [f32]) + Sync + 'k;
+
+fn matmul_with<B: Block>(w: &WeightView, acts: &Acts, out: &mut [f32], kernel: &RowKernel<B>) {
     let blocks: Cow<[B]> = blocks_of::<B>(w.bytes);
     let per_row = w.cols / B::BLOCK_SIZE;
     let ntok = acts.ntok;
@@ -519,7 +550,7 @@ fn matmul_typed<B: RowDot>(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Is
         (w.rows / (threads * 8)).clamp(16, 4096)
     };
     let run = |row: usize, dst: &mut [f32]| {
-        B::row_dot(&blocks[row * per_row..(row + 1) * per_row], acts, dst, isa)
+        kernel(&blocks[row * per_row..(row + 1) * per_row], acts, dst)
     };
     if ntok == 1 {
         out.par_chunks_mut(chunk).enumerate().for_each(|(ci, dst)| {

@@ -328,3 +328,27 @@ pub fn dot_float<B: Block>(row: &[B], x: &[f32], out: &mut [f32], value: impl Fn
         *o = row.iter().zip(x).map(|(w, v)| value(w) * v).sum();
     }
 }
+
+/// Q4_0 rows in the order of ggml's repacked kernels (x86 `ggml_gemm_q4_0_8x8_q8_0`
+/// / `ggml_gemv_q4_0_8x8_q8_0`): per output one FMA chain over the blocks,
+/// `acc = fma(Σ q·a as f32, d_w · d_a, acc)`.
+pub fn q4_0_seq(
+    row: &[crate::quants::legacy::BlockQ4_0],
+    acts: &[super::BlockQ8A],
+    out: &mut [f32],
+) {
+    let nb = row.len();
+    for (t, o) in out.iter_mut().enumerate() {
+        let mut acc = 0f32;
+        for (b, a) in row.iter().zip(&acts[t * nb..(t + 1) * nb]) {
+            let mut isum = 0i32;
+            for j in 0..16 {
+                let lo = (b.qs[j] & 0x0f) as i32 - 8;
+                let hi = (b.qs[j] >> 4) as i32 - 8;
+                isum += lo * a.qs[j] as i32 + hi * a.qs[j + 16] as i32;
+            }
+            acc = (isum as f32).mul_add(b.d.to_f32() * a.d, acc);
+        }
+        *o = acc;
+    }
+}

@@ -229,3 +229,102 @@ fn bad_shapes_are_errors() {
     assert!(Acts::new(&x, 48).is_err());
     assert!(Acts::new(&x, 32).unwrap().prepare(ActKind::Q8K).is_err());
 }
+
+#[test]
+fn attention_orders_match_reference() {
+    use super::attn::{dot_f16, dot_f16_ref, weighted_sum_f16, weighted_sum_f16_ref, Order};
+    let mut rng = Rng(0x5eed_1234);
+    let to16 = |x: f32| half::f16::from_f32(x).to_bits();
+    for &hd in &[16usize, 64, 80, 128] {
+        let q: Vec<f32> = (0..hd)
+            .map(|_| half::f16::from_f32(rng.uniform() * 4.0).to_f32())
+            .collect();
+        let k: Vec<u16> = (0..hd).map(|_| to16(rng.uniform() * 3.0)).collect();
+        let exact: f64 = q
+            .iter()
+            .zip(&k)
+            .map(|(&a, &b)| a as f64 * half::f16::from_bits(b).to_f64())
+            .sum();
+        for order in [Order::TinyBlas, Order::VecDot] {
+            let r = dot_f16_ref(order, &q, &k);
+            assert!((r as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()));
+            // The dispatched kernel follows the reference bit for bit.
+            assert_eq!(
+                dot_f16(order, &q, &k).to_bits(),
+                r.to_bits(),
+                "{order:?} hd {hd}"
+            );
+        }
+        // Weighted sums over positions: strided rows, a padded KV length.
+        let stride = hd * 3;
+        for &(n, n_kv) in &[(1usize, 256usize), (37, 256), (100, 100), (300, 512)] {
+            let v: Vec<u16> = (0..n * stride).map(|_| to16(rng.uniform())).collect();
+            let w: Vec<f32> = (0..n)
+                .map(|_| half::f16::from_f32(rng.uniform().abs() / n as f32).to_f32())
+                .collect();
+            for order in [Order::TinyBlas, Order::VecDot] {
+                let mut want = vec![0f32; hd];
+                weighted_sum_f16_ref(order, &w, &v, stride, n_kv, &mut want);
+                let mut got = vec![0f32; hd];
+                weighted_sum_f16(order, &w, &v, stride, n_kv, &mut got);
+                for d in 0..hd {
+                    let exact: f64 = (0..n)
+                        .map(|p| w[p] as f64 * half::f16::from_bits(v[p * stride + d]).to_f64())
+                        .sum();
+                    assert!((want[d] as f64 - exact).abs() < 1e-5, "{order:?} {d}");
+                    assert_eq!(got[d].to_bits(), want[d].to_bits(), "{order:?} n {n} d {d}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q4_0_repacked_order_matches_reference() {
+    let mut rng = Rng(0xabcd_0042);
+    for &(rows, cols, ntok) in &[
+        (8usize, 32usize, 1usize),
+        (16, 288, 3),
+        (8, 512, 9),
+        (24, 1536, 4),
+    ] {
+        let bytes = random_weights(QType::Q4_0, rows, cols, &mut rng);
+        let x: Vec<f32> = (0..ntok * cols).map(|_| rng.uniform() * 2.0).collect();
+        let acts = Acts::new(&x, cols).unwrap();
+        let w = WeightView {
+            qtype: QType::Q4_0,
+            bytes: &bytes,
+            rows,
+            cols,
+        };
+        let blocks: Vec<legacy::BlockQ4_0> = bytemuck::pod_collect_to_vec(&bytes);
+        let per_row = cols / 32;
+        let mut want = vec![0f32; ntok * rows];
+        for r in 0..rows {
+            let mut o = vec![0f32; ntok];
+            portable::q4_0_seq(&blocks[r * per_row..(r + 1) * per_row], acts.q8(), &mut o);
+            for t in 0..ntok {
+                want[t * rows + r] = o[t];
+            }
+        }
+        // The reference is the plain dot product up to rounding.
+        let mut plain = vec![0f32; ntok * rows];
+        matmul_portable(&w, &acts, &mut plain).unwrap();
+        for (a, b) in want.iter().zip(&plain) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()));
+        }
+        if repacked_by_ggml(&w) {
+            for isa in available_isas() {
+                if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+                    let mut got = vec![0f32; ntok * rows];
+                    matmul_isa(&w, &acts, &mut got, isa).unwrap();
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{isa:?} {rows}x{cols} ntok {ntok}");
+                }
+            }
+        }
+    }
+}
