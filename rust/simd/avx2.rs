@@ -171,18 +171,6 @@ macro_rules! x86_kernels {
             }
         }
 
-        /// [`q4_0`] in the order of ggml's repacked Q4_0 kernels
-        /// (`ggml_gemm_q4_0_8x8_q8_0` / `ggml_gemv_q4_0_8x8_q8_0`, arch/x86/repack.cpp):
-        /// per output one FMA chain over the blocks, `acc = fma(Σ q·a as f32,
-        /// d_w · d_a, acc)` (the integer sums of eight blocks made at once).
-        ///
-        /// # Safety
-        /// As [`q4_0`].
-        #[target_feature(enable = $feat)]
-        pub unsafe fn q4_0_seq(row: &[legacy::BlockQ4_0], acts: &[BlockQ8A], out: &mut [f32]) {
-            tiles!($tile; q4_0_seq_tile, row, acts, row.len(), out)
-        }
-
         /// Lane k of the result: the sum of the lanes of `p[k]`.
         #[inline]
         #[target_feature(enable = $feat)]
@@ -199,40 +187,79 @@ macro_rules! x86_kernels {
             )
         }
 
+        /// Eight Q4_0 weight rows (`rows`: row k's blocks at `k * nb..`) against
+        /// every token of `acts`, in the order of ggml's repacked Q4_0 kernels
+        /// (`ggml_gemm_q4_0_8x8_q8_0` / `ggml_gemv_q4_0_8x8_q8_0`,
+        /// arch/x86/repack.cpp): per output one FMA chain over the blocks,
+        /// `acc = fma(Σ q·a as f32, d_w · d_a, acc)`. The lanes are the rows, so
+        /// the eight chains of a token advance in one vector FMA per block.
+        /// `out[8 t + k]` is row k against token t.
+        ///
+        /// # Safety
+        /// The tier's features must be present; `rows` holds 8 rows of `nb`
+        /// blocks and `acts` `out.len() / 8` tokens of `nb` blocks.
         #[target_feature(enable = $feat)]
-        unsafe fn q4_0_seq_tile<const N: usize>(
-            row: &[legacy::BlockQ4_0],
-            acts: &[BlockQ8A],
+        pub unsafe fn q4_0_x8(rows: &[legacy::BlockQ4_0], acts: &[BlockQ8A], out: &mut [f32]) {
+            let nb = rows.len() / 8;
+            let ntok = out.len() / 8;
+            debug_assert!(rows.len() == 8 * nb && out.len() == 8 * ntok && acts.len() >= ntok * nb);
+            let mut t = 0;
+            while t + $tile <= ntok {
+                q4_0_x8_tile::<$tile>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + $tile)]);
+                t += $tile;
+            }
+            if $tile > 4 && t + 4 <= ntok {
+                q4_0_x8_tile::<4>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + 4)]);
+                t += 4;
+            }
+            while t < ntok {
+                q4_0_x8_tile::<1>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + 1)]);
+                t += 1;
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn q4_0_x8_tile<const N: usize>(
+            rows: &[legacy::BlockQ4_0],
             nb: usize,
+            acts: &[BlockQ8A],
             out: &mut [f32],
         ) {
-            let mut acc = [0f32; N];
-            let eight = _mm256_set1_epi8(8);
-            for (c, chunk) in row.chunks(8).enumerate() {
-                let base = c * 8;
+            let mut acc = [_mm256_setzero_ps(); N];
+            // The eight rows are read as eight interleaved streams, which the
+            // hardware prefetcher follows poorly: fetch the next eight rows
+            // (the bytes just past these) evenly over the blocks.
+            let next = rows.as_ptr().wrapping_add(rows.len()) as *const i8;
+            for b in 0..nb {
+                let p = next.wrapping_add(144 * b);
+                _mm_prefetch::<_MM_HINT_T0>(p);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
+                // Codes as unsigned nibbles: Σ (q - 8)·a = Σ q·a - 8 Σ a.
                 let mut qx = [_mm256_setzero_si256(); 8];
-                let mut dw = [0f32; 8];
-                for (k, b) in chunk.iter().enumerate() {
-                    qx[k] = _mm256_sub_epi8(nibbles32(b.qs.as_ptr()), eight);
-                    dw[k] = f16_bits(b.d.to_bits());
+                let mut bits = [0u16; 8];
+                for k in 0..8 {
+                    let blk = rows.get_unchecked(k * nb + b);
+                    qx[k] = nibbles32(blk.qs.as_ptr());
+                    bits[k] = blk.d.to_bits();
                 }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const __m128i));
                 for t in 0..N {
+                    let a = acts.get_unchecked(t * nb + b);
+                    let y = load_act(a);
                     let mut p = [_mm256_setzero_si256(); 8];
-                    for k in 0..chunk.len() {
-                        let a = load_act(acts.get_unchecked(t * nb + base + k));
-                        p[k] = dot_i32(_mm256_sign_epi8(qx[k], qx[k]), _mm256_sign_epi8(a, qx[k]));
+                    for k in 0..8 {
+                        p[k] = dot_i32(qx[k], y);
                     }
-                    let mut sums = [0f32; 8];
-                    _mm256_storeu_ps(sums.as_mut_ptr(), _mm256_cvtepi32_ps(hsum8x8_i32(&p)));
-                    let mut a = acc[t];
-                    for k in 0..chunk.len() {
-                        let da = acts.get_unchecked(t * nb + base + k).d;
-                        a = sums[k].mul_add(dw[k] * da, a);
-                    }
-                    acc[t] = a;
+                    let suma = 8 * (a.sum[0] as i32 + a.sum[1] as i32);
+                    let isum = _mm256_sub_epi32(hsum8x8_i32(&p), _mm256_set1_epi32(suma));
+                    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
                 }
             }
-            out[..N].copy_from_slice(&acc);
+            for t in 0..N {
+                _mm256_storeu_ps(out.as_mut_ptr().add(8 * t), acc[t]);
+            }
         }
 
         // ------------------------------------------------------------ Q4_1

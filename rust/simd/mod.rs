@@ -23,7 +23,8 @@
 //! NEON kernels ([`neon`]) serve aarch64. Every kernel computes one weight row
 //! against all tokens of the batch in tiles of tokens, so a decoded block is
 //! reused across the tile: that is what makes prompt processing faster than
-//! token-by-token.
+//! token-by-token. The exception is Q4_0 in llama.cpp's repacked order
+//! ([`repacked_by_ggml`]), whose kernels take eight rows at once (lanes = rows).
 
 pub mod attn;
 pub mod avx2;
@@ -506,14 +507,14 @@ pub fn matmul_isa(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Res
     acts.prepare(act_kind(w.qtype))?;
     #[cfg(target_arch = "x86_64")]
     if w.qtype == QType::Q4_0 && repacked_by_ggml(w) && matches!(isa, Isa::Avx2 | Isa::Avx512) {
-        matmul_with::<legacy::BlockQ4_0>(w, acts, out, &|row, a, o| {
-            // SAFETY: the tier was detected; `a` was prepared (Q8) with
-            // `o.len()` tokens of the row's blocks.
+        matmul_rows8(w, acts, out, &|rows, a, o| {
+            // SAFETY: the tier was detected; `a` holds `o.len() / 8`
+            // tokens of the rows' blocks (prepared as Q8 above).
             unsafe {
                 if isa == Isa::Avx512 {
-                    avx512::q4_0_seq(row, a.q8(), o)
+                    avx512::q4_0_x8(rows, a, o)
                 } else {
-                    avx2::q4_0_seq(row, a.q8(), o)
+                    avx2::q4_0_x8(rows, a, o)
                 }
             }
         });
@@ -575,6 +576,57 @@ fn matmul_with<B: Block>(w: &WeightView, acts: &Acts, out: &mut [f32], kernel: &
         .for_each(|(t, o)| {
             for (r, v) in o.iter_mut().enumerate() {
                 *v = tmp[r * ntok + t];
+            }
+        });
+}
+
+/// Eight Q4_0 rows, the Q8 activations, the `[token][8]` outputs.
+#[cfg(target_arch = "x86_64")]
+type Rows8Kernel<'k> = dyn Fn(&[legacy::BlockQ4_0], &[BlockQ8A], &mut [f32]) + Sync + 'k;
+
+/// [`matmul_with`] for a kernel that takes eight Q4_0 rows at once and writes
+/// `out[8 t + k]` (row k, token t); `w.rows` must be a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+fn matmul_rows8(w: &WeightView, acts: &Acts, out: &mut [f32], kernel: &Rows8Kernel) {
+    debug_assert!(w.rows % 8 == 0);
+    let blocks: Cow<[legacy::BlockQ4_0]> = blocks_of::<legacy::BlockQ4_0>(w.bytes);
+    let group = 8 * (w.cols / legacy::BlockQ4_0::BLOCK_SIZE);
+    let groups = w.rows / 8;
+    let ntok = acts.ntok;
+    let a = acts.q8();
+    let threads = rayon::current_num_threads().max(1);
+    // Groups of eight rows per task, as `matmul_with` chooses rows.
+    let chunk = if threads == 1 {
+        groups.max(1)
+    } else {
+        (groups / (threads * 8)).clamp(2, 512)
+    };
+    let run = |g: usize, dst: &mut [f32]| kernel(&blocks[g * group..(g + 1) * group], a, dst);
+    if ntok == 1 {
+        out.par_chunks_mut(chunk * 8)
+            .enumerate()
+            .for_each(|(ci, dst)| {
+                for (i, o) in dst.chunks_exact_mut(8).enumerate() {
+                    run(ci * chunk + i, o);
+                }
+            });
+        return;
+    }
+    // [group][token][8] first, so each task writes one contiguous piece.
+    let mut tmp = vec![0f32; w.rows * ntok];
+    tmp.par_chunks_mut(chunk * 8 * ntok)
+        .enumerate()
+        .for_each(|(ci, dst)| {
+            for (i, o) in dst.chunks_exact_mut(8 * ntok).enumerate() {
+                run(ci * chunk + i, o);
+            }
+        });
+    out.par_chunks_mut(w.rows)
+        .with_min_len(8)
+        .enumerate()
+        .for_each(|(t, o)| {
+            for (g, o8) in o.chunks_exact_mut(8).enumerate() {
+                o8.copy_from_slice(&tmp[(g * ntok + t) * 8..(g * ntok + t + 1) * 8]);
             }
         });
 }

@@ -287,6 +287,10 @@ fn q4_0_repacked_order_matches_reference() {
         (16, 288, 3),
         (8, 512, 9),
         (24, 1536, 4),
+        // Many groups of eight rows (several tasks), token tiles of 8, 4 and 1.
+        (136, 96, 13),
+        (264, 64, 1),
+        (40, 160, 2),
     ] {
         let bytes = random_weights(QType::Q4_0, rows, cols, &mut rng);
         let x: Vec<f32> = (0..ntok * cols).map(|_| rng.uniform() * 2.0).collect();
