@@ -725,19 +725,12 @@ fn soft_max_exp(x: &mut [f32], max: f32) -> f64 {
     let body = x.len() / GGML_VEC * GGML_VEC;
     let mut sum = 0f64;
     for c in x[..body].chunks_exact_mut(GGML_VEC) {
-        for v in c.iter_mut() {
-            *v = ggml_v_expf(*v - max);
-        }
         let mut t = [0f32; GGML_VEC];
-        t.copy_from_slice(c);
-        let mut w = GGML_VEC / 2;
-        while w > 0 {
-            for i in 0..w {
-                t[i] += t[i + w];
-            }
-            w /= 2;
+        for (v, t) in c.iter_mut().zip(t.iter_mut()) {
+            *v = ggml_v_expf(*v - max);
+            *t = *v;
         }
-        sum += t[0] as f64;
+        sum += simd::attn::reduce16(&t) as f64;
     }
     for v in x[body..].iter_mut() {
         *v = (*v - max).exp();
