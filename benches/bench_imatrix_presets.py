@@ -4,8 +4,9 @@ On SmolLM2-135M-Instruct (the float32 HF export of the default Q4_1 GGUF, conver
 F32 GGUF for llama.cpp), from one calibration text (``wikitext-tail`` by default: the second
 half of ``fixtures/wikitext-2-raw-test.txt``, which the evaluation windows never reach):
 
-- ours: ``ferroquant imatrix HF --calib TEXT`` then ``ferroquant convert HF --type P
-  --imatrix ours.gguf``;
+- ours: ``ferroquant imatrix F32.gguf --calib TEXT`` (our runtime, no torch; ``--ours-from
+  hf`` computes it from the HF checkpoint with torch instead) then ``ferroquant convert HF
+  --type P --imatrix ours.gguf``;
 - llama.cpp: ``llama-imatrix -m F32.gguf -f TEXT`` then ``llama-quantize --imatrix
   theirs.gguf F32.gguf OUT P``;
 
@@ -25,6 +26,7 @@ Writes ``bench_imatrix_presets.json`` / ``.md`` into ``--out``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -84,6 +86,18 @@ def load(evaluator: str, path: Path, threads: int) -> Any:
     return Model.load(str(path), n_ctx=512, n_threads=threads)
 
 
+def tensor_sha256(path: Path) -> str:
+    """Hash of every tensor's name, type, shape and bytes (metadata left out: the two tools
+    write different general.* keys), so equal hashes mean the same quantized model."""
+    from gguf import GGUFReader
+
+    h = hashlib.sha256()
+    for t in sorted(GGUFReader(path).tensors, key=lambda t: t.name):
+        h.update(f"{t.name}:{int(t.tensor_type)}:{list(t.shape)}".encode())
+        h.update(np.ascontiguousarray(t.data).tobytes())
+    return h.hexdigest()
+
+
 def file_types(path: Path) -> dict[str, int]:
     from ferroquant.gguf_io import open_gguf, tensor_infos
 
@@ -107,6 +121,10 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "benches" / "results" / "imatrix_presets"))
     ap.add_argument("--out", default=str(ROOT / "benches" / "results"))
     ap.add_argument("--tag", default="")
+    ap.add_argument(
+        "--ours-from", choices=("gguf", "hf"), default="gguf",
+        help="our imatrix from the F32 GGUF (our runtime) or the HF checkpoint (torch)",
+    )  # fmt: skip
     ap.add_argument("--reuse", action="store_true", help="keep files already in --work")
     ap.add_argument("--ours-only", action="store_true", help="make our files, then stop")
     args = ap.parse_args()
@@ -142,8 +160,9 @@ def main() -> int:
     calib.write_text(text[: 12 * 512 * (args.calib_chunks + 2)], encoding="utf-8")
     ours_im, theirs_im = work / "imatrix-ours.gguf", work / "imatrix-llamacpp.gguf"
     times: dict[str, float] = {}
+    im_model = f32 if args.ours_from == "gguf" else hf
     times["imatrix_ours"] = _run(
-        [*fq, "imatrix", str(hf), "--calib", str(calib), "-o", str(ours_im),
+        [*fq, "imatrix", str(im_model), "--calib", str(calib), "-o", str(ours_im),
          "--nsamples", str(args.calib_chunks), "--seqlen", "512",
          "--threads", str(args.threads), "--no-progress"],
         work / "imatrix-ours.log",
@@ -173,7 +192,14 @@ def main() -> int:
         float(np.corrcoef(a.weights(n).astype(np.float64), b.weights(n).astype(np.float64))[0, 1])
         for n in b.names()
     ]
+    va = np.concatenate([a.entries[n].in_sum2.reshape(-1) for n in b.names()])
+    vb = np.concatenate([b.entries[n].in_sum2.reshape(-1) for n in b.names()])
+    rel = np.abs(va - vb) / np.maximum(np.abs(vb), 1e-30)
     imatrix_info = {
+        "ours_from": args.ours_from,
+        "identical_fraction": float(np.mean(va.astype(np.float32) == vb.astype(np.float32))),
+        "max_rel_diff": float(rel.max()),
+        "median_rel_diff": float(np.median(rel)),
         "tensors": [len(a), len(b)],
         "corr_min": min(corrs),
         "counts_ours": float(next(iter(a.entries.values())).counts[0]),
@@ -250,8 +276,10 @@ def main() -> int:
             "",
             f"SmolLM2-135M-Instruct ({hf}, F32 GGUF for llama.cpp). Importance matrices from the "
             f"same text ({args.calib}, {args.calib_chunks} chunks of 512 tokens): ours "
-            f"(`ferroquant imatrix`) and llama.cpp's (`llama-imatrix`), per-tensor correlation "
-            f"min {imatrix_info['corr_min']:.6f}. Evaluator for every file: "
+            f"(`ferroquant imatrix` from the {args.ours_from} model) and llama.cpp's "
+            f"(`llama-imatrix`): per-tensor correlation min {imatrix_info['corr_min']:.6f}, "
+            f"{100 * imatrix_info['identical_fraction']:.2f}% of the sums bit-identical, "
+            f"max relative difference {imatrix_info['max_rel_diff']:.2e}. Evaluator for every file: "
             f"{args.evaluator}, against the F32 GGUF on the same evaluator (PPL "
             f"{base['ppl']:.3f}); {base['method']}.",
             "",
@@ -268,7 +296,7 @@ def main() -> int:
             lines.append(
                 f"- {p}: KL ours / llama.cpp = {v['kld_ratio_ours_over_llamacpp']:.4f} "
                 f"({v['kld_ours']:.5f} vs {v['kld_llamacpp']:.5f}); ours at least as good: "
-                f"{v['ours_at_least_as_good']}; byte-identical files: {v['same_bytes']}"
+                f"{v['ours_at_least_as_good']}; identical tensors: {v['same_bytes']}"
             )
         lines += [
             "",
@@ -276,8 +304,6 @@ def main() -> int:
             f"start, {meta['loadavg_end'][0]:.1f} at the end; {meta['seconds_total']:.0f} s.",
         ]
         (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-
-    import hashlib
 
     for preset, quantizer, im, path in jobs:
         model = load(args.evaluator, path, args.threads)
@@ -290,7 +316,7 @@ def main() -> int:
                 "imatrix": im,
                 "file": str(path),
                 "bytes": path.stat().st_size,
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "sha256": tensor_sha256(path),
                 "types": file_types(path),
                 "kld": res["kld"],
                 "ppl": res["ppl"],

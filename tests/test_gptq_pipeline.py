@@ -260,3 +260,38 @@ def test_calibration_file_formats(tmp_path: Path) -> None:
         sample_windows(np.arange(10), 4, 16, 0, "tiny")
     with pytest.raises(CalibError, match="does not exist"):
         load_calibration(str(tmp_path / "nope.txt"), _Tok())
+
+
+class _BosTok(_Tok):
+    bos_token_id = 1
+    eos_token_id = 2
+
+
+def test_self_calibration_samples_the_model_and_caches_the_windows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FERROQUANT_CACHE", str(tmp_path))
+    model = tiny_llama(3)
+    a = load_calibration("self", _BosTok(), nsamples=3, seqlen=12, seed=5, model=model)
+    assert a.shape == (3, 12) and a.dtype == np.int64
+    assert (a[:, 0] == 1).all() and ((a >= 0) & (a < VOCAB)).all()
+    assert len(np.unique(a[:, 1:])) > 3  # sampled, not one repeated token
+    cached = list((tmp_path / "calib").glob("self-*.npy"))
+    assert len(cached) == 1
+    whole = np.load(cached[0])
+    assert whole.shape == (64, 12)  # one whole batch
+    np.testing.assert_array_equal(whole[:3], a)
+    # a later call reads the file (altered here, so a fresh sample could not match it)
+    np.save(cached[0], whole[::-1].copy())
+    b = load_calibration("self", _BosTok(), nsamples=5, seqlen=12, seed=5, model=model)
+    np.testing.assert_array_equal(b, whole[::-1][:5])
+    # more windows than cached: only the missing batch is sampled, the cached one is kept
+    c = load_calibration("self", _BosTok(), nsamples=70, seqlen=12, seed=5, model=model)
+    assert c.shape == (70, 12)
+    np.testing.assert_array_equal(c[:64], whole[::-1])
+    assert np.load(cached[0]).shape == (128, 12)
+    # another seed, or another model, is another key
+    d = load_calibration("self", _BosTok(), nsamples=3, seqlen=12, seed=6, model=model)
+    e = load_calibration("self", _BosTok(), nsamples=3, seqlen=12, seed=5, model=tiny_llama(4))
+    assert len(list((tmp_path / "calib").glob("self-*.npy"))) == 3
+    assert not np.array_equal(d, a) and not np.array_equal(e, a)

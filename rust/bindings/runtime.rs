@@ -85,7 +85,10 @@ impl Runtime {
         let taken = std::mem::take(&mut stats.sums);
         Ok(taken
             .into_iter()
-            .map(|(k, (v, n))| (k, (v.into_pyarray(py), n)))
+            .map(|(k, (v, n))| {
+                let wide: Vec<f64> = v.into_iter().map(f64::from).collect();
+                (k, (wide.into_pyarray(py), n))
+            })
             .collect())
     }
 

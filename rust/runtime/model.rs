@@ -571,46 +571,43 @@ impl Model {
 
 /// Per weight matrix, the sums over tokens of each input column's square and
 /// the number of tokens (llama-imatrix's statistic, keyed by tensor name).
+///
+/// The sums are f32 running totals, `acc[j] = acc[j] + x[j] * x[j]` token after
+/// token across every call, without FMA: llama-imatrix's `collect_imatrix` order
+/// (its `Stats::values` are f32, and the tool is built without FMA contraction),
+/// so the same activations give the same bits.
 #[derive(Debug, Default, Clone)]
 pub struct ActStats {
-    pub sums: HashMap<String, (Vec<f64>, u64)>,
+    pub sums: HashMap<String, (Vec<f32>, u64)>,
 }
 
 impl ActStats {
     /// Add the rows of `x` (`cols` each) to `blk.{layer}.{name}.weight` for each name.
     fn add(&mut self, layer: usize, names: &[&str], x: &[f32], cols: usize) {
-        let sq = col_squares(x, cols);
-        let n = (x.len() / cols) as u64;
         for name in names {
-            self.accumulate(format!("blk.{layer}.{name}.weight"), &sq, n);
+            self.accumulate(format!("blk.{layer}.{name}.weight"), x, cols);
         }
     }
 
     fn add_named(&mut self, name: &str, x: &[f32], cols: usize) {
-        let sq = col_squares(x, cols);
-        self.accumulate(name.to_string(), &sq, (x.len() / cols) as u64);
+        self.accumulate(name.to_string(), x, cols);
     }
 
-    fn accumulate(&mut self, name: String, sq: &[f64], n: u64) {
+    fn accumulate(&mut self, name: String, x: &[f32], cols: usize) {
         let e = self
             .sums
             .entry(name)
-            .or_insert_with(|| (vec![0f64; sq.len()], 0));
-        for (a, b) in e.0.iter_mut().zip(sq) {
-            *a += b;
+            .or_insert_with(|| (vec![0f32; cols], 0));
+        if e.0.len() != cols {
+            return; // a tensor is always fed rows of one width; never mix two
         }
-        e.1 += n;
-    }
-}
-
-fn col_squares(x: &[f32], cols: usize) -> Vec<f64> {
-    let mut sq = vec![0f64; cols];
-    for row in x.chunks_exact(cols) {
-        for (s, &v) in sq.iter_mut().zip(row) {
-            *s += (v * v) as f64;
+        for row in x.chunks_exact(cols) {
+            for (acc, &v) in e.0.iter_mut().zip(row) {
+                *acc += v * v;
+            }
         }
+        e.1 += (x.len() / cols) as u64;
     }
-    sq
 }
 
 fn add(x: &mut [f32], y: &[f32]) {
