@@ -7,7 +7,7 @@ half of ``fixtures/wikitext-2-raw-test.txt``, which the evaluation windows never
 - ours: ``ferroquant imatrix F32.gguf --calib TEXT`` (our runtime, no torch; ``--ours-from
   hf`` computes it from the HF checkpoint with torch instead) then ``ferroquant convert HF
   --type P --imatrix ours.gguf``;
-- llama.cpp: ``llama-imatrix -m F32.gguf -f TEXT`` then ``llama-quantize --imatrix
+- llama.cpp: ``llama-imatrix -m F32.gguf -f TEXT -fa off`` (``--llama-fa``) then ``llama-quantize --imatrix
   theirs.gguf F32.gguf OUT P``;
 
 for each preset P (default Q4_K_M, Q3_K_M, Q2_K), plus ours without an imatrix for scale and
@@ -122,6 +122,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benches" / "results"))
     ap.add_argument("--tag", default="")
     ap.add_argument(
+        "--llama-fa", choices=("off", "on", "auto"), default="off",
+        help="llama-imatrix's flash attention; 'off' is the attention our runtime computes "
+        "bit for bit, so the two imatrices (and the preset files) come out identical",
+    )  # fmt: skip
+    ap.add_argument(
         "--ours-from", choices=("gguf", "hf"), default="gguf",
         help="our imatrix from the F32 GGUF (our runtime) or the HF checkpoint (torch)",
     )  # fmt: skip
@@ -180,6 +185,7 @@ def main() -> int:
     times["imatrix_llamacpp"] = _run(
         [str(imatrix_bin), "-m", str(f32), "-f", str(calib), "-c", "512", "-b", "512",
          "--chunks", str(args.calib_chunks), "--no-ppl", "-t", str(args.threads),
+         "-fa", args.llama_fa,
          "-o", str(theirs_im)],
         work / "imatrix-llamacpp.log",
         theirs_im,
@@ -197,6 +203,7 @@ def main() -> int:
     rel = np.abs(va - vb) / np.maximum(np.abs(vb), 1e-30)
     imatrix_info = {
         "ours_from": args.ours_from,
+        "llama_fa": args.llama_fa,
         "identical_fraction": float(np.mean(va.astype(np.float32) == vb.astype(np.float32))),
         "max_rel_diff": float(rel.max()),
         "median_rel_diff": float(np.median(rel)),

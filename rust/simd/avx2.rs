@@ -771,8 +771,78 @@ macro_rules! x86_kernels {
             }
         }
 
+        /// llama.cpp's order for F32 and F16 weights (x86 AVX-512 build), so the
+        /// products are bit-equal to ggml-cpu's (see `simd::attn` for the same two
+        /// orders on the f16 KV cache): two or more tokens with `cols % 16 == 0`
+        /// go through llamafile's tinyBLAS (16 lanes, lane `j` an FMA chain over
+        /// the columns `≡ j` mod 16, then `_mm512_reduce_add_ps`); otherwise each
+        /// token is a `ggml_vec_dot_f32` / `ggml_vec_dot_f16` (four 16-lane
+        /// accumulators over steps of 64, reduced `(0 + 2) + (1 + 3)`, then the
+        /// leftovers: f32 FMA for F32, f64 for F16). F16 activations arrive
+        /// already rounded to f16 (ggml's `vec_dot_type`).
+        #[target_feature(enable = $feat)]
+        unsafe fn ggml_float_rows<const KIND: u8>(row: *const u8, cols: usize, x: &[f32], out: &mut [f32]) {
+            if out.len() >= 2 && cols % 16 == 0 {
+                let mut t = 0;
+                while t < out.len() {
+                    let n = (out.len() - t).min(4);
+                    let mut lo = [_mm256_setzero_ps(); 4];
+                    let mut hi = [_mm256_setzero_ps(); 4];
+                    let mut j = 0;
+                    while j < cols {
+                        let (wl, wh) = (load8::<KIND>(row, j), load8::<KIND>(row, j + 8));
+                        for k in 0..n {
+                            let xp = x.as_ptr().add((t + k) * cols + j);
+                            lo[k] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(xp), lo[k]);
+                            hi[k] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(xp.add(8)), hi[k]);
+                        }
+                        j += 16;
+                    }
+                    for k in 0..n {
+                        out[t + k] = hsum(_mm256_add_ps(lo[k], hi[k]));
+                    }
+                    t += n;
+                }
+                return;
+            }
+            let np = cols & !63;
+            for (k, o) in out.iter_mut().enumerate() {
+                let xs = &x[k * cols..(k + 1) * cols];
+                // a[2a] / a[2a + 1]: accumulator a, lanes 0..8 / 8..16.
+                let mut a = [_mm256_setzero_ps(); 8];
+                let mut j = 0;
+                while j < np {
+                    for (h, v) in a.iter_mut().enumerate() {
+                        let w = load8::<KIND>(row, j + h * 8);
+                        *v = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs.as_ptr().add(j + h * 8)), *v);
+                    }
+                    j += 64;
+                }
+                let l = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+                let h = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+                let r = hsum(_mm256_add_ps(l, h));
+                *o = if KIND == 0 {
+                    let mut s = r;
+                    for j in np..cols {
+                        s = scalar::<KIND>(row, j).mul_add(xs[j], s);
+                    }
+                    s
+                } else {
+                    let mut s = r as f64;
+                    for j in np..cols {
+                        s += (scalar::<KIND>(row, j) * xs[j]) as f64;
+                    }
+                    s as f32
+                };
+            }
+        }
+
         #[target_feature(enable = $feat)]
         unsafe fn float_rows<const KIND: u8>(row: *const u8, cols: usize, x: &[f32], out: &mut [f32]) {
+            if KIND < 2 {
+                ggml_float_rows::<KIND>(row, cols, x, out);
+                return;
+            }
             let full = cols / 8 * 8;
             if out.len() == 1 {
                 // One token: four independent accumulators hide the FMA latency.

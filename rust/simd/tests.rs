@@ -332,3 +332,99 @@ fn q4_0_repacked_order_matches_reference() {
         }
     }
 }
+
+/// llama.cpp's order of an F32 / F16 weight row times one token, in plain
+/// Rust: tinyBLAS (16 lanes, reduce tree) when the batch has two or more
+/// tokens and `cols % 16 == 0`, else `ggml_vec_dot_f32` / `_f16`.
+fn ggml_float_dot_ref(f16_weights: bool, w: &[f32], x: &[f32], ntok: usize) -> f32 {
+    let cols = w.len();
+    if ntok >= 2 && cols % 16 == 0 {
+        let mut acc = [0f32; 16];
+        for (wc, xc) in w.chunks_exact(16).zip(x.chunks_exact(16)) {
+            for j in 0..16 {
+                acc[j] = wc[j].mul_add(xc[j], acc[j]);
+            }
+        }
+        return super::attn::reduce16(&acc);
+    }
+    let np = cols & !63;
+    let mut acc = [[0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (a, accj) in acc.iter_mut().enumerate() {
+            for (l, v) in accj.iter_mut().enumerate() {
+                *v = w[i + a * 16 + l].mul_add(x[i + a * 16 + l], *v);
+            }
+        }
+    }
+    let mut t = [0f32; 16];
+    for l in 0..16 {
+        t[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let r = super::attn::reduce16(&t);
+    if f16_weights {
+        let mut s = r as f64;
+        for i in np..cols {
+            s += (w[i] * x[i]) as f64;
+        }
+        s as f32
+    } else {
+        let mut s = r;
+        for i in np..cols {
+            s = w[i].mul_add(x[i], s);
+        }
+        s
+    }
+}
+
+#[test]
+fn f32_and_f16_weights_follow_ggml_order() {
+    let mut rng = Rng(0x5eed_f32f_0016);
+    for qtype in [QType::F32, QType::F16] {
+        for &(rows, cols, ntok) in &[
+            (3usize, 576usize, 1usize),
+            (3, 576, 2),
+            (2, 1536, 7),
+            (2, 100, 1),
+            (2, 100, 5), // cols % 16 != 0: vec_dot for every token
+            (1, 48, 3),
+        ] {
+            let bytes = random_weights(qtype, rows, cols, &mut rng);
+            let x: Vec<f32> = (0..ntok * cols).map(|_| rng.uniform() * 2.0).collect();
+            let acts = Acts::new(&x, cols).unwrap();
+            acts.prepare(act_kind(qtype)).unwrap();
+            let w = WeightView {
+                qtype,
+                bytes: &bytes,
+                rows,
+                cols,
+            };
+            let mut wf = vec![0f32; rows * cols];
+            crate::quants::dequantize(qtype, &bytes, cols, &mut wf).unwrap();
+            let xs = acts.floats(act_kind(qtype));
+            for isa in available_isas() {
+                if !matches!(isa, Isa::Avx2 | Isa::Avx512) {
+                    continue;
+                }
+                let mut got = vec![0f32; ntok * rows];
+                matmul_isa(&w, &acts, &mut got, isa).unwrap();
+                for t in 0..ntok {
+                    for r in 0..rows {
+                        let want = ggml_float_dot_ref(
+                            qtype == QType::F16,
+                            &wf[r * cols..(r + 1) * cols],
+                            &xs[t * cols..(t + 1) * cols],
+                            ntok,
+                        );
+                        let g = got[t * rows + r];
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "{} {isa:?} {rows}x{cols} ntok {ntok}: token {t} row {r}: {g} vs {want}",
+                            qtype.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
