@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--act-order", action="store_true")
     ap.add_argument("--asym", action="store_true")
+    ap.add_argument("--device", default="cpu", help="where GPTQ runs each layer (cpu or cuda)")
     args = ap.parse_args()
 
     text = (ROOT / "fixtures" / "wikitext-2-raw-test.txt").read_text(encoding="utf-8")
@@ -89,6 +90,7 @@ def main() -> None:
             "act_order": args.act_order,
             "sym": not args.asym,
             "eval": base["method"],
+            "device": args.device,
         }
         (out / "bench_gptq_quality.json").write_text(
             json.dumps({"meta": meta, "rows": rows}, indent=2)
@@ -124,7 +126,9 @@ def main() -> None:
             if method == "rtn":
                 rtn_model(model, lambda _n, s=spec: s, progress=False)
             else:
-                quantize_model(model, calibs[src], lambda _n, s=spec: s, progress=False)
+                quantize_model(
+                    model, calibs[src], lambda _n, s=spec: s, device=args.device, progress=False
+                )
             secs = time.perf_counter() - t0
             res = evaluate(
                 TorchLM(model, tok), text, ctx=512, n_chunks=args.chunks, ref=ref, progress=False

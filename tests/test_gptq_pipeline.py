@@ -260,6 +260,14 @@ def test_calibration_file_formats(tmp_path: Path) -> None:
         sample_windows(np.arange(10), 4, 16, 0, "tiny")
     with pytest.raises(CalibError, match="does not exist"):
         load_calibration(str(tmp_path / "nope.txt"), _Tok())
+    # saved token windows
+    np.save(tmp_path / "w.npy", np.arange(60, dtype=np.int32).reshape(5, 12))
+    w = load_calibration(str(tmp_path / "w.npy"), _Tok(), nsamples=3, seqlen=12)
+    assert w.dtype == np.int64 and w.shape == (3, 12) and w[2, 0] == 24
+    with pytest.raises(CalibError, match="--seqlen is 16"):
+        load_calibration(str(tmp_path / "w.npy"), _Tok(), nsamples=3, seqlen=16)
+    with pytest.raises(CalibError, match="fewer than --nsamples 9"):
+        load_calibration(str(tmp_path / "w.npy"), _Tok(), nsamples=9, seqlen=12)
 
 
 class _BosTok(_Tok):

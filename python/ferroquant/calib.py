@@ -10,6 +10,8 @@
   ``~/.cache/ferroquant/calib``), keyed by the model's config and weights fingerprint, the
   window length and seed, so later runs on the same model reuse them (sampled in batches of
   64, each from its own seeded generator: the first n windows are the same whatever n);
+- a ``.npy`` file of token windows (an integer array of shape (n, seqlen), e.g. windows saved
+  from an earlier run): its first ``nsamples`` rows, used as they are;
 - ``wikitext-tail``: the second half (by characters) of ``fixtures/wikitext-2-raw-test.txt``.
   The evaluation windows (llama.cpp ``perplexity`` style, from the start of that file; 40
   windows of 512 tokens are about 100 kB of its 1.3 MB) never reach it, so it is in-domain
@@ -91,6 +93,27 @@ def wikitext_tail() -> str:
         )
     text = _FIXTURE.read_text(encoding="utf-8")
     return text[len(text) // 2 :]
+
+
+def token_file(path: Path, nsamples: int, seqlen: int) -> np.ndarray:
+    """The first ``nsamples`` windows of a saved (n, seqlen) integer token array."""
+    if not path.is_file():
+        raise CalibError(f"calibration file {path} does not exist")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise CalibError(f"{path}: not a readable .npy array: {err}") from err
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise CalibError(
+            f"{path}: expected a 2-D integer array of token ids, got {arr.dtype} {arr.shape}"
+        )
+    if arr.shape[1] != seqlen:
+        raise CalibError(f"{path}: windows of {arr.shape[1]} tokens, --seqlen is {seqlen}")
+    if arr.shape[0] < nsamples:
+        raise CalibError(f"{path}: {arr.shape[0]} windows, fewer than --nsamples {nsamples}")
+    if arr.size and arr.min() < 0:
+        raise CalibError(f"{path}: negative token ids")
+    return np.ascontiguousarray(arr[:nsamples], dtype=np.int64)
 
 
 def sample_windows(
@@ -231,6 +254,8 @@ def load_calibration(
         if model is None:
             raise CalibError("--calib self needs the float model")
         return self_generated(model, tokenizer, nsamples, seqlen, seed)
+    if source.endswith(".npy"):
+        return token_file(Path(source), nsamples, seqlen)
     if source == WIKITEXT_TAIL:
         text, what = wikitext_tail(), WIKITEXT_TAIL
     else:
