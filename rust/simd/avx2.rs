@@ -486,6 +486,117 @@ macro_rules! x86_kernels {
             out.copy_from_slice(&acc);
         }
 
+        /// Eight Q4_K weight rows (`rows`: row k's super-blocks at `k * nb..`)
+        /// against every token of `acts`, in the order of ggml's repacked Q4_K
+        /// kernels (arch/x86/repack.cpp): per output two FMA chains,
+        /// `acc = fma(f32(Σ sc·code·q), d·d_y, acc)` and
+        /// `accm = fma(f32(Σ mn·bsum), dmin·d_y, accm)`, and `acc - accm` at
+        /// the end. The tokens of whole groups of four (the first
+        /// `ntok - ntok % 4`) go through `ggml_gemm_q4_K_8x8_q8_K`, which
+        /// advances the chains once per pair of sub-blocks (four times per
+        /// super-block), the rest through `ggml_gemv_q4_K_8x8_q8_K`, once per
+        /// super-block. The lanes are the rows. `out[8 t + k]` is row k
+        /// against token t; `acts` as [`crate::simd::Acts::q8k_x4`] makes them.
+        ///
+        /// # Safety
+        /// The tier's features must be present; `rows` holds 8 rows of `nb`
+        /// super-blocks and `acts` `out.len() / 8` tokens of `nb` super-blocks.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn q4_k_x8(rows: &[k_quants::BlockQ4K], acts: &[BlockQ8K], out: &mut [f32]) {
+            let nb = rows.len() / 8;
+            let ntok = out.len() / 8;
+            debug_assert!(rows.len() == 8 * nb && out.len() == 8 * ntok && acts.len() >= ntok * nb);
+            let ngemm = ntok - ntok % 4;
+            let mut t = 0;
+            while t + $tile <= ngemm {
+                q4_k_x8_tile::<$tile, true>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + $tile)]);
+                t += $tile;
+            }
+            if $tile > 4 && t + 4 <= ngemm {
+                q4_k_x8_tile::<4, true>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + 4)]);
+                t += 4;
+            }
+            while t < ntok {
+                q4_k_x8_tile::<1, false>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + 1)]);
+                t += 1;
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn q4_k_x8_tile<const N: usize, const GEMM: bool>(
+            rows: &[k_quants::BlockQ4K],
+            nb: usize,
+            acts: &[BlockQ8K],
+            out: &mut [f32],
+        ) {
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut accm = [_mm256_setzero_ps(); N];
+            let m4 = _mm256_set1_epi8(0x0f);
+            for b in 0..nb {
+                // p[t][sb][k]: row k's Σ sc·code·q over sub-blocks 2sb, 2sb+1
+                // (8 lanes to be summed), against token t. Without GEMM all
+                // four pairs go into p[t][0].
+                let mut p = [[[_mm256_setzero_si256(); 8]; 4]; N];
+                let mut mn = [[0i32; 8]; 8];
+                let mut dbits = [0u16; 8];
+                let mut mbits = [0u16; 8];
+                for k in 0..8 {
+                    let blk = rows.get_unchecked(k * nb + b);
+                    dbits[k] = blk.d.to_bits();
+                    mbits[k] = blk.dmin.to_bits();
+                    let mut sc = [_mm256_setzero_si256(); 8];
+                    for j in 0..8 {
+                        let (s, m) = scale_min_k4(j, &blk.scales);
+                        sc[j] = _mm256_set1_epi16(s as i16);
+                        mn[j][k] = m as i32;
+                    }
+                    let mut codes = [_mm256_setzero_si256(); 8];
+                    for c in 0..4 {
+                        let q = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * c) as *const __m256i);
+                        codes[2 * c] = _mm256_and_si256(q, m4);
+                        codes[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    }
+                    for t in 0..N {
+                        let a = acts.get_unchecked(t * nb + b);
+                        for sb in 0..4 {
+                            let v = _mm256_add_epi32(
+                                dot_scaled(codes[2 * sb], load_k(a, 2 * sb), sc[2 * sb]),
+                                dot_scaled(codes[2 * sb + 1], load_k(a, 2 * sb + 1), sc[2 * sb + 1]),
+                            );
+                            let slot = if GEMM { sb } else { 0 };
+                            p[t][slot][k] = _mm256_add_epi32(p[t][slot][k], v);
+                        }
+                    }
+                }
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(dbits.as_ptr() as *const __m128i));
+                let dm = _mm256_cvtph_ps(_mm_loadu_si128(mbits.as_ptr() as *const __m128i));
+                let mut mnv = [_mm256_setzero_si256(); 8];
+                for j in 0..8 {
+                    mnv[j] = _mm256_loadu_si256(mn[j].as_ptr() as *const __m256i);
+                }
+                for t in 0..N {
+                    let a = acts.get_unchecked(t * nb + b);
+                    let da = _mm256_set1_ps(a.d);
+                    let sd = _mm256_mul_ps(dw, da);
+                    let sm = _mm256_mul_ps(dm, da);
+                    let mut imin = [_mm256_setzero_si256(); 4];
+                    for j in 0..8 {
+                        let bs = _mm256_set1_epi32(a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
+                        let slot = if GEMM { j / 2 } else { 0 };
+                        imin[slot] = _mm256_add_epi32(imin[slot], _mm256_mullo_epi32(mnv[j], bs));
+                    }
+                    for sb in 0..(if GEMM { 4 } else { 1 }) {
+                        let isum = hsum8x8_i32(&p[t][sb]);
+                        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sd, acc[t]);
+                        accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(imin[sb]), sm, accm[t]);
+                    }
+                }
+            }
+            for t in 0..N {
+                _mm256_storeu_ps(out.as_mut_ptr().add(8 * t), _mm256_sub_ps(acc[t], accm[t]));
+            }
+        }
+
         /// # Safety
         /// As [`q4_k`].
         #[target_feature(enable = $feat)]
@@ -539,31 +650,66 @@ macro_rules! x86_kernels {
             out.copy_from_slice(&acc);
         }
 
+        /// Q6_K in the order of `ggml_vec_dot_q6_K_q8_K` (x86 AVX2 branch):
+        /// per super-block the eight i32 lanes of `Σ sc·code·q - 32 Σ sc·bsum`
+        /// (codes unsigned, lane l holding bytes `4l..4l+4` of each 32 and
+        /// bsums `2l, 2l+1`) go into eight f32 lanes by
+        /// `fma(d_y·d, lane, acc)`, summed across lanes at the end.
+        ///
         /// # Safety
         /// As [`q4_k`].
         #[target_feature(enable = $feat)]
         pub unsafe fn q6_k(row: &[k_quants::BlockQ6K], acts: &[BlockQ8K], out: &mut [f32]) {
-            tiles!($tile; q6_k_tile, row, acts, row.len(), out)
+            tiles!($tile; q6_k_lanes_tile, row, acts, row.len(), out)
+        }
+
+        /// Q6_K in the order of llama.cpp's tiled K-quant matmul (taken from
+        /// 8 tokens up): per super-block `acc = fma(f32(sumi) · d, d_y, acc)`
+        /// with `sumi = Σ_j sc_j Σ (code - 32)·q` exact.
+        ///
+        /// # Safety
+        /// As [`q4_k`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn q6_k_tiled(row: &[k_quants::BlockQ6K], acts: &[BlockQ8K], out: &mut [f32]) {
+            tiles!($tile; q6_k_tiled_tile, row, acts, row.len(), out)
         }
 
         #[target_feature(enable = $feat)]
-        unsafe fn q6_k_tile<const N: usize>(
+        unsafe fn q6_k_lanes_tile<const N: usize>(
             row: &[k_quants::BlockQ6K],
             acts: &[BlockQ8K],
             nb: usize,
             out: &mut [f32],
         ) {
-            let mut acc = [0f32; N];
+            q6_k_tile::<N, false>(row, acts, nb, out)
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn q6_k_tiled_tile<const N: usize>(
+            row: &[k_quants::BlockQ6K],
+            acts: &[BlockQ8K],
+            nb: usize,
+            out: &mut [f32],
+        ) {
+            q6_k_tile::<N, true>(row, acts, nb, out)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn q6_k_tile<const N: usize, const TILED: bool>(
+            row: &[k_quants::BlockQ6K],
+            acts: &[BlockQ8K],
+            nb: usize,
+            out: &mut [f32],
+        ) {
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut acc1 = [_mm_setzero_ps(); N];
             let m4 = _mm256_set1_epi8(0x0f);
             let m3 = _mm256_set1_epi8(0x03);
             for (i, b) in row.iter().enumerate() {
                 let d = f16_bits(b.d.to_bits());
                 let mut codes = [_mm256_setzero_si256(); 8];
                 let mut sc = [_mm256_setzero_si256(); 8];
-                let mut sci = [0i32; 16];
-                for j in 0..16 {
-                    sci[j] = b.scales[j] as i32;
-                }
                 for n in 0..2 {
                     let ql0 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n) as *const __m256i);
                     let ql1 = _mm256_loadu_si256(b.ql.as_ptr().add(64 * n + 32) as *const __m256i);
@@ -582,20 +728,27 @@ macro_rules! x86_kernels {
                 for g in 0..8 {
                     sc[g] = scales2(b.scales[2 * g] as i16, b.scales[2 * g + 1] as i16);
                 }
+                let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.scales.as_ptr() as *const __m128i));
                 for t in 0..N {
                     let a = acts.get_unchecked(t * nb + i);
                     let mut s = _mm256_setzero_si256();
                     for g in 0..8 {
                         s = _mm256_add_epi32(s, dot_scaled(codes[g], load_k(a, g), sc[g]));
                     }
-                    let mut off = 0i32;
-                    for j in 0..16 {
-                        off += sci[j] * a.bsums[j] as i32;
+                    // The -32 offset of the codes: lane l takes 32 (sc·bsum) of sums 2l, 2l+1.
+                    let q8s = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
+                    let s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_madd_epi16(q8s, scales16), 5));
+                    if TILED {
+                        let v = _mm_set_ss(hsum_i32(s) as f32 * d);
+                        acc1[t] = _mm_fmadd_ss(v, _mm_set_ss(a.d), acc1[t]);
+                    } else {
+                        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(a.d * d), _mm256_cvtepi32_ps(s), acc[t]);
                     }
-                    acc[t] += a.d * d * (hsum_i32(s) - 32 * off) as f32;
                 }
             }
-            out.copy_from_slice(&acc);
+            for t in 0..N {
+                out[t] = if TILED { _mm_cvtss_f32(acc1[t]) } else { hsum(acc[t]) };
+            }
         }
 
         /// # Safety

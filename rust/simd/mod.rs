@@ -80,6 +80,9 @@ pub enum ActKind {
     Q8,
     /// [`BlockQ8K`] per 256 values.
     Q8K,
+    /// [`BlockQ8K`] per 256 values as ggml's repacked K-quant kernels read
+    /// them ([`Acts::q8k_x4`]).
+    Q8KX4,
 }
 
 /// Activations of a batch: `ntok` rows of `cols` f32 values, and the forms the
@@ -90,6 +93,7 @@ pub struct Acts<'a> {
     pub cols: usize,
     q8: OnceLock<Vec<BlockQ8A>>,
     q8k: OnceLock<Vec<BlockQ8K>>,
+    q8k_x4: OnceLock<Vec<BlockQ8K>>,
     x16: OnceLock<Vec<f32>>,
     xb16: OnceLock<Vec<f32>>,
 }
@@ -109,6 +113,7 @@ impl<'a> Acts<'a> {
             cols,
             q8: OnceLock::new(),
             q8k: OnceLock::new(),
+            q8k_x4: OnceLock::new(),
             x16: OnceLock::new(),
             xb16: OnceLock::new(),
         })
@@ -118,7 +123,7 @@ impl<'a> Acts<'a> {
     pub fn prepare(&self, kind: ActKind) -> Result<()> {
         let need = match kind {
             ActKind::Q8 => 32,
-            ActKind::Q8K => QK_K,
+            ActKind::Q8K | ActKind::Q8KX4 => QK_K,
             _ => 1,
         };
         if self.cols % need != 0 {
@@ -141,6 +146,9 @@ impl<'a> Acts<'a> {
             ActKind::Q8K => {
                 self.q8k();
             }
+            ActKind::Q8KX4 => {
+                self.q8k_x4();
+            }
         }
         Ok(())
     }
@@ -162,6 +170,28 @@ impl<'a> Acts<'a> {
             let mut q8 = vec![BlockQ8K::default(); self.x.len() / QK_K];
             q8.par_chunks_mut(16)
                 .zip(self.x.par_chunks(16 * QK_K))
+                .for_each(|(dst, src)| quantize_q8k(src, dst));
+            q8
+        })
+    }
+
+    /// 256-value blocks as ggml's repacked K-quant matmul makes them
+    /// (`forward_mul_mat` in repack.cpp): the tokens of whole groups of four
+    /// by `ggml_quantize_mat_q8_K_4x8` ([`quantize_q8k_x4`]), the last
+    /// `ntok % 4` by `quantize_row_q8_K` ([`quantize_q8k`]). The two differ
+    /// only in which sign wins when `+amax` and `-amax` both occur.
+    pub fn q8k_x4(&self) -> &[BlockQ8K] {
+        self.q8k_x4.get_or_init(|| {
+            let per_tok = self.cols / QK_K;
+            let grouped = (self.ntok - self.ntok % 4) * per_tok;
+            let mut q8 = vec![BlockQ8K::default(); self.x.len() / QK_K];
+            let (a, b) = q8.split_at_mut(grouped);
+            let (xa, xb) = self.x.split_at(grouped * QK_K);
+            a.par_chunks_mut(16)
+                .zip(xa.par_chunks(16 * QK_K))
+                .for_each(|(dst, src)| quantize_q8k_x4(src, dst));
+            b.par_chunks_mut(16)
+                .zip(xb.par_chunks(16 * QK_K))
                 .for_each(|(dst, src)| quantize_q8k(src, dst));
             q8
         })
@@ -243,6 +273,33 @@ pub fn quantize_q8k(x: &[f32], dst: &mut [BlockQ8K]) {
         let iscale = -127.0 / max;
         for (q, &v) in blk.qs.iter_mut().zip(xs) {
             *q = rne(iscale * v).min(127) as i8;
+        }
+        for (s, q) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
+            *s = q.iter().map(|&v| v as i16).sum();
+        }
+        blk.d = 1.0 / iscale;
+    }
+}
+
+/// ggml's x86 `ggml_quantize_mat_q8_K_4x8` (the activations of the repacked
+/// K-quant kernels), per block: as [`quantize_q8k`] except that the scale's
+/// sign comes from whether `+amax` occurs (`iscale = -127 / amax`) or not
+/// (`127 / amax`), where `quantize_row_q8_K` takes the sign of the first
+/// value of largest magnitude. The sums per 16 are the same integers.
+pub fn quantize_q8k_x4(x: &[f32], dst: &mut [BlockQ8K]) {
+    for (blk, xs) in dst.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if amax == 0.0 {
+            *blk = BlockQ8K::default();
+            continue;
+        }
+        let iscale = if xs.contains(&amax) {
+            -127.0 / amax
+        } else {
+            127.0 / amax
+        };
+        for (q, &v) in blk.qs.iter_mut().zip(xs) {
+            *q = rne(iscale * v).clamp(-128, 127) as i8;
         }
         for (s, q) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
             *s = q.iter().map(|&v| v as i16).sum();
@@ -504,33 +561,93 @@ pub fn matmul_isa(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Res
         )));
     }
     let isa = isa.min(isa_level());
-    acts.prepare(act_kind(w.qtype))?;
     #[cfg(target_arch = "x86_64")]
-    if w.qtype == QType::Q4_0 && repacked_by_ggml(w) && matches!(isa, Isa::Avx2 | Isa::Avx512) {
-        matmul_rows8(w, acts, out, &|rows, a, o| {
-            // SAFETY: the tier was detected; `a` holds `o.len() / 8`
-            // tokens of the rows' blocks (prepared as Q8 above).
-            unsafe {
-                if isa == Isa::Avx512 {
-                    avx512::q4_0_x8(rows, a, o)
-                } else {
-                    avx2::q4_0_x8(rows, a, o)
-                }
-            }
-        });
+    if matches!(isa, Isa::Avx2 | Isa::Avx512) && matmul_ggml_x86(w, acts, out, isa)? {
         return Ok(());
     }
+    acts.prepare(act_kind(w.qtype))?;
     with_block!(w.qtype, B => matmul_typed::<B>(w, acts, out, isa));
     Ok(())
 }
 
+/// The x86 cases where llama.cpp's CPU backend leaves `ggml_vec_dot_*`'s
+/// order of float operations, done in its order (false: none applies):
+///
+/// - weights it repacks ([`repacked_by_ggml`]): Q4_0 through
+///   `ggml_gemm/gemv_q4_0_8x8_q8_0`, Q4_K through
+///   `ggml_gemm/gemv_q4_K_8x8_q8_K` (with activations from
+///   [`Acts::q8k_x4`]);
+/// - Q6_K with 8 tokens or more, which its "tiled" K-quant matmul
+///   (ggml-cpu/tiled/) takes: one `fma(f32(sumi) · d_w, d_a, acc)` per
+///   super-block instead of `ggml_vec_dot_q6_K_q8_K`'s eight lane FMAs.
+///
+/// (Q4_0, Q5_0, Q8_0 and IQ4_NL through llamafile's tinyBLAS for two
+/// tokens or more keep the vec_dot order, which our kernels follow.)
+#[cfg(target_arch = "x86_64")]
+fn matmul_ggml_x86(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Result<bool> {
+    let avx512 = isa == Isa::Avx512;
+    match w.qtype {
+        QType::Q4_0 if repacked_by_ggml(w) => {
+            acts.prepare(ActKind::Q8)?;
+            let a = acts.q8();
+            matmul_rows8::<legacy::BlockQ4_0>(w, acts.ntok, out, &|rows, o| {
+                // SAFETY: the tier was detected; `a` holds `o.len() / 8`
+                // tokens of the rows' blocks (prepared as Q8 above).
+                unsafe {
+                    if avx512 {
+                        avx512::q4_0_x8(rows, a, o)
+                    } else {
+                        avx2::q4_0_x8(rows, a, o)
+                    }
+                }
+            });
+        }
+        QType::Q4_K if repacked_by_ggml(w) => {
+            acts.prepare(ActKind::Q8KX4)?;
+            let a = acts.q8k_x4();
+            matmul_rows8::<k_quants::BlockQ4K>(w, acts.ntok, out, &|rows, o| {
+                // SAFETY: as above, the activations prepared as Q8KX4.
+                unsafe {
+                    if avx512 {
+                        avx512::q4_k_x8(rows, a, o)
+                    } else {
+                        avx2::q4_k_x8(rows, a, o)
+                    }
+                }
+            });
+        }
+        QType::Q6_K if acts.ntok >= TILED_MIN_TOKENS => {
+            acts.prepare(ActKind::Q8K)?;
+            let a = acts.q8k();
+            matmul_with::<k_quants::BlockQ6K>(w, acts, out, &|row, _, o| {
+                // SAFETY: as above, the activations prepared as Q8K.
+                unsafe {
+                    if avx512 {
+                        avx512::q6_k_tiled(row, a, o)
+                    } else {
+                        avx2::q6_k_tiled(row, a, o)
+                    }
+                }
+            });
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// From how many tokens llama.cpp's CPU backend multiplies K-quant weights
+/// (those not repacked) with its tiled matmul (`ggml_tiled_min_batch`).
+pub const TILED_MIN_TOKENS: usize = 8;
+
 /// Whether llama.cpp's x86 build (AVX2 and up) moves these weights to its
-/// CPU "repack" buffer (`ggml_repack_get_optimal_repack_type`, repack.cpp):
-/// Q4_0 with a multiple of 8 rows becomes `block_q4_0x8`, multiplied by
-/// `ggml_gemm/gemv_q4_0_8x8_q8_0`, whose order of float operations differs
-/// from `ggml_vec_dot_q4_0_q8_0`'s.
+/// CPU "repack" buffer (`ggml_repack_get_optimal_repack_type`, repack.cpp)
+/// and we follow its kernels: Q4_0 with a multiple of 8 rows becomes
+/// `block_q4_0x8` (`ggml_gemm/gemv_q4_0_8x8_q8_0`), Q4_K `block_q4_Kx8`
+/// (`ggml_gemm/gemv_q4_K_8x8_q8_K`), whose orders of float operations differ
+/// from `ggml_vec_dot_*`'s. (It also repacks IQ4_NL and MXFP4 with AVX2 and
+/// Q2_K with AVX-512; those keep our vec_dot-order kernels.)
 pub fn repacked_by_ggml(w: &WeightView) -> bool {
-    w.qtype == QType::Q4_0 && w.rows % 8 == 0
+    matches!(w.qtype, QType::Q4_0 | QType::Q4_K) && w.rows % 8 == 0
 }
 
 fn matmul_typed<B: RowDot>(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) {
@@ -580,20 +697,20 @@ fn matmul_with<B: Block>(w: &WeightView, acts: &Acts, out: &mut [f32], kernel: &
         });
 }
 
-/// Eight Q4_0 rows, the Q8 activations, the `[token][8]` outputs.
+/// Eight weight rows (row k's blocks at `k * nb..`) and the `[token][8]`
+/// outputs; the kernel holds the activations.
 #[cfg(target_arch = "x86_64")]
-type Rows8Kernel<'k> = dyn Fn(&[legacy::BlockQ4_0], &[BlockQ8A], &mut [f32]) + Sync + 'k;
+type Rows8Kernel<'k, B> = dyn Fn(&[B], &mut [f32]) + Sync + 'k;
 
-/// [`matmul_with`] for a kernel that takes eight Q4_0 rows at once and writes
-/// `out[8 t + k]` (row k, token t); `w.rows` must be a multiple of 8.
+/// [`matmul_with`] for a kernel that takes eight rows at once and writes
+/// `out[8 t + k]` (row k, token t) for the `ntok` tokens; `w.rows` must be a
+/// multiple of 8.
 #[cfg(target_arch = "x86_64")]
-fn matmul_rows8(w: &WeightView, acts: &Acts, out: &mut [f32], kernel: &Rows8Kernel) {
+fn matmul_rows8<B: Block>(w: &WeightView, ntok: usize, out: &mut [f32], kernel: &Rows8Kernel<B>) {
     debug_assert!(w.rows % 8 == 0);
-    let blocks: Cow<[legacy::BlockQ4_0]> = blocks_of::<legacy::BlockQ4_0>(w.bytes);
-    let group = 8 * (w.cols / legacy::BlockQ4_0::BLOCK_SIZE);
+    let blocks: Cow<[B]> = blocks_of::<B>(w.bytes);
+    let group = 8 * (w.cols / B::BLOCK_SIZE);
     let groups = w.rows / 8;
-    let ntok = acts.ntok;
-    let a = acts.q8();
     let threads = rayon::current_num_threads().max(1);
     // Groups of eight rows per task, as `matmul_with` chooses rows.
     let chunk = if threads == 1 {
@@ -601,7 +718,7 @@ fn matmul_rows8(w: &WeightView, acts: &Acts, out: &mut [f32], kernel: &Rows8Kern
     } else {
         (groups / (threads * 8)).clamp(2, 512)
     };
-    let run = |g: usize, dst: &mut [f32]| kernel(&blocks[g * group..(g + 1) * group], a, dst);
+    let run = |g: usize, dst: &mut [f32]| kernel(&blocks[g * group..(g + 1) * group], dst);
     if ntok == 1 {
         out.par_chunks_mut(chunk * 8)
             .enumerate()

@@ -352,3 +352,106 @@ pub fn q4_0_seq(
         *o = acc;
     }
 }
+
+/// Q6_K in the order of `ggml_vec_dot_q6_K_q8_K`'s x86 AVX2 branch (the
+/// reference of the x86 `q6_k` kernels): per super-block eight i32 lanes,
+/// lane `l` = `Σ_g sc[2g + l/4] Σ_{i<4} u[32g + 4l + i]·q[..]` over the eight
+/// 32-groups `g` (`u` the unsigned codes) `- 32 (sc[2l]·bsum[2l] +
+/// sc[2l+1]·bsum[2l+1])`, each added to its f32 lane as
+/// `fma(d_y·d, lane, acc)`; the lanes summed as `hsum_float_8` does.
+pub fn q6_k_lanes_seq(row: &[k_quants::BlockQ6K], acts: &[BlockQ8K], out: &mut [f32]) {
+    let nb = row.len();
+    let mut kb = KBlock::default();
+    for (t, o) in out.iter_mut().enumerate() {
+        let mut acc = [0f32; 8];
+        for (bi, blk) in row.iter().enumerate() {
+            blk.kblock(&mut kb);
+            let a = &acts[t * nb + bi];
+            for (l, acc) in acc.iter_mut().enumerate() {
+                let mut lane = 0i32;
+                for g in 0..8 {
+                    let mut s = 0i32;
+                    for i in 32 * g + 4 * l..32 * g + 4 * l + 4 {
+                        s += (kb.codes[i] as i32 + 32) * a.qs[i] as i32;
+                    }
+                    lane += kb.sc[2 * g + l / 4] * s;
+                }
+                lane -= 32
+                    * (kb.sc[2 * l] * a.bsums[2 * l] as i32
+                        + kb.sc[2 * l + 1] * a.bsums[2 * l + 1] as i32);
+                *acc = (lane as f32).mul_add(a.d * kb.d, *acc);
+            }
+        }
+        let h: [f32; 4] = std::array::from_fn(|i| acc[i] + acc[i + 4]);
+        *o = (h[0] + h[2]) + (h[1] + h[3]);
+    }
+}
+
+/// Q6_K in the order of llama.cpp's tiled K-quant matmul (ggml-cpu/tiled/,
+/// from 8 tokens up; the reference of the x86 `q6_k_tiled` kernels): per
+/// super-block `acc = fma(f32(sumi) · d, d_y, acc)`, `sumi = Σ_j sc_j Σ
+/// (code - 32)·q`.
+pub fn q6_k_tiled_seq(row: &[k_quants::BlockQ6K], acts: &[BlockQ8K], out: &mut [f32]) {
+    let nb = row.len();
+    let mut kb = KBlock::default();
+    for (t, o) in out.iter_mut().enumerate() {
+        let mut acc = 0f32;
+        for (bi, blk) in row.iter().enumerate() {
+            blk.kblock(&mut kb);
+            let a = &acts[t * nb + bi];
+            let mut sumi = 0i32;
+            for j in 0..16 {
+                let s: i32 = (16 * j..16 * j + 16)
+                    .map(|i| kb.codes[i] as i32 * a.qs[i] as i32)
+                    .sum();
+                sumi += kb.sc[j] * s;
+            }
+            acc = (sumi as f32 * kb.d).mul_add(a.d, acc);
+        }
+        *o = acc;
+    }
+}
+
+/// One Q4_K row in the order of ggml's repacked Q4_K kernels (x86
+/// `ggml_gemm_q4_K_8x8_q8_K` for the first `gemm_tokens` tokens,
+/// `ggml_gemv_q4_K_8x8_q8_K` for the rest; the reference of the x86
+/// `q4_k_x8` kernels): two FMA chains, `acc = fma(f32(Σ sc·code·q), d·d_y,
+/// acc)` and `accm = fma(f32(Σ mn·bsum), dmin·d_y, accm)`, advanced once per
+/// pair of 32-weight sub-blocks by the gemm and once per super-block by the
+/// gemv; the output is `acc - accm`.
+pub fn q4_k_repacked_seq(
+    row: &[k_quants::BlockQ4K],
+    acts: &[BlockQ8K],
+    gemm_tokens: usize,
+    out: &mut [f32],
+) {
+    let nb = row.len();
+    let mut kb = KBlock::default();
+    for (t, o) in out.iter_mut().enumerate() {
+        let (mut acc, mut accm) = (0f32, 0f32);
+        for (bi, blk) in row.iter().enumerate() {
+            blk.kblock(&mut kb);
+            let a = &acts[t * nb + bi];
+            let (sd, sm) = (kb.d * a.d, kb.dmin * a.d);
+            let mut si = [0i32; 8];
+            let mut mi = [0i32; 8];
+            for j in 0..8 {
+                let s: i32 = (32 * j..32 * j + 32)
+                    .map(|i| kb.codes[i] as i32 * a.qs[i] as i32)
+                    .sum();
+                si[j] = kb.sc[2 * j] * s;
+                mi[j] = kb.mn[2 * j] * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32);
+            }
+            if t < gemm_tokens {
+                for sb in 0..4 {
+                    acc = ((si[2 * sb] + si[2 * sb + 1]) as f32).mul_add(sd, acc);
+                    accm = ((mi[2 * sb] + mi[2 * sb + 1]) as f32).mul_add(sm, accm);
+                }
+            } else {
+                acc = (si.iter().sum::<i32>() as f32).mul_add(sd, acc);
+                accm = (mi.iter().sum::<i32>() as f32).mul_add(sm, accm);
+            }
+        }
+        *o = acc - accm;
+    }
+}

@@ -428,3 +428,152 @@ fn f32_and_f16_weights_follow_ggml_order() {
         }
     }
 }
+
+/// Random activations with, in token 0 and the last token, both `+amax` and
+/// `-amax` in the first super-block (where `quantize_row_q8_K` and
+/// `ggml_quantize_mat_q8_K_4x8` pick different signs).
+fn acts_with_ties(ntok: usize, cols: usize, rng: &mut Rng) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..ntok * cols).map(|_| rng.uniform() * 2.0).collect();
+    for t in [0, ntok - 1] {
+        x[t * cols] = -2.5;
+        x[t * cols + 7] = 2.5;
+    }
+    x
+}
+
+#[test]
+fn q8k_x4_activations_follow_ggml_quantize_mat() {
+    let mut rng = Rng(0x0123_4567);
+    let x = acts_with_ties(5, 512, &mut rng);
+    let acts = Acts::new(&x, 512).unwrap();
+    let (r, g) = (acts.q8k(), acts.q8k_x4());
+    // The row quantization takes the first value of largest magnitude (-2.5),
+    // the 4x8 one +2.5 because it occurs.
+    assert_eq!(r[0].d, 1.0 / (127.0 / 2.5));
+    assert_eq!(g[0].d, 1.0 / (-127.0 / 2.5));
+    assert_eq!(g[0].qs[0], 127);
+    assert_eq!(g[0].qs[7], -127);
+    for (i, (a, b)) in r.iter().zip(g).enumerate() {
+        let tok = i / 2;
+        let tie = i % 2 == 0 && (tok == 0 || tok == 4);
+        // Token 4 is past the last whole group of four: row-quantized.
+        if tie && tok < 4 {
+            assert_eq!(a.d, -b.d);
+            assert!(a.qs.iter().zip(&b.qs).all(|(p, q)| *p == -*q));
+            assert!(a.bsums.iter().zip(&b.bsums).all(|(p, q)| *p == -*q));
+        } else {
+            assert_eq!((a.d, a.qs, a.bsums), (b.d, b.qs, b.bsums), "block {i}");
+        }
+    }
+}
+
+#[test]
+fn q4_k_repacked_order_matches_reference() {
+    let mut rng = Rng(0xfeed_0044);
+    for &(rows, cols, ntok) in &[
+        (8usize, 256usize, 1usize),
+        (16, 512, 3),
+        (8, 1536, 9),
+        (24, 768, 4),
+        // Many groups of eight rows, token tiles of 8, 4 and 1 (gemm and gemv).
+        (136, 256, 13),
+        (40, 512, 2),
+        (16, 256, 8),
+    ] {
+        let bytes = random_weights(QType::Q4_K, rows, cols, &mut rng);
+        let x = acts_with_ties(ntok, cols, &mut rng);
+        let acts = Acts::new(&x, cols).unwrap();
+        let w = WeightView {
+            qtype: QType::Q4_K,
+            bytes: &bytes,
+            rows,
+            cols,
+        };
+        assert!(repacked_by_ggml(&w));
+        let blocks: Vec<k_quants::BlockQ4K> = bytemuck::pod_collect_to_vec(&bytes);
+        let per_row = cols / QK_K;
+        let gemm = ntok - ntok % 4;
+        let mut want = vec![0f32; ntok * rows];
+        for r in 0..rows {
+            let mut o = vec![0f32; ntok];
+            let row = &blocks[r * per_row..(r + 1) * per_row];
+            portable::q4_k_repacked_seq(row, acts.q8k_x4(), gemm, &mut o);
+            for t in 0..ntok {
+                want[t * rows + r] = o[t];
+            }
+        }
+        // The reference is the plain dot product up to rounding (and, for the
+        // tied blocks, up to the activations' sign choice).
+        let mut plain = vec![0f32; ntok * rows];
+        matmul_portable(&w, &acts, &mut plain).unwrap();
+        for (a, b) in want.iter().zip(&plain) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} {b}");
+        }
+        for isa in available_isas() {
+            if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+                let mut got = vec![0f32; ntok * rows];
+                matmul_isa(&w, &acts, &mut got, isa).unwrap();
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{isa:?} {rows}x{cols} ntok {ntok}");
+            }
+        }
+    }
+}
+
+#[test]
+fn q6_k_orders_match_reference() {
+    let mut rng = Rng(0xfeed_0066);
+    for &(rows, cols, ntok) in &[
+        (5usize, 256usize, 1usize),
+        (16, 512, 3),
+        (9, 1536, 7),
+        // From 8 tokens the tiled order.
+        (7, 768, 8),
+        (33, 256, 13),
+        (8, 512, 20),
+    ] {
+        let bytes = random_weights(QType::Q6_K, rows, cols, &mut rng);
+        let x: Vec<f32> = (0..ntok * cols).map(|_| rng.uniform() * 2.0).collect();
+        let acts = Acts::new(&x, cols).unwrap();
+        let w = WeightView {
+            qtype: QType::Q6_K,
+            bytes: &bytes,
+            rows,
+            cols,
+        };
+        let blocks: Vec<k_quants::BlockQ6K> = bytemuck::pod_collect_to_vec(&bytes);
+        let per_row = cols / QK_K;
+        let mut want = vec![0f32; ntok * rows];
+        for r in 0..rows {
+            let mut o = vec![0f32; ntok];
+            let row = &blocks[r * per_row..(r + 1) * per_row];
+            if ntok >= TILED_MIN_TOKENS {
+                portable::q6_k_tiled_seq(row, acts.q8k(), &mut o);
+            } else {
+                portable::q6_k_lanes_seq(row, acts.q8k(), &mut o);
+            }
+            for t in 0..ntok {
+                want[t * rows + r] = o[t];
+            }
+        }
+        let mut plain = vec![0f32; ntok * rows];
+        matmul_portable(&w, &acts, &mut plain).unwrap();
+        for (a, b) in want.iter().zip(&plain) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} {b}");
+        }
+        for isa in available_isas() {
+            if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+                let mut got = vec![0f32; ntok * rows];
+                matmul_isa(&w, &acts, &mut got, isa).unwrap();
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{isa:?} {rows}x{cols} ntok {ntok}");
+            }
+        }
+    }
+}
