@@ -462,14 +462,29 @@ impl Model {
             }
             add(&mut x, &proj);
 
-            rms_norm(&x, &l.ffn_norm, hp.rms_eps, &mut h);
+            // As llama.cpp's graphs do (`inp_out_ids`), the last layer's
+            // feed-forward runs on the tokens whose logits are wanted only:
+            // which kernel order applies depends on the token count.
+            let m = if li + 1 == self.layers.len() && !all_logits && stats.is_none() {
+                1
+            } else {
+                n
+            };
+            let x = &mut x[(n - m) * d..];
+            let (h, gate, up, proj) = (
+                &mut h[..m * d],
+                &mut gate[..m * ff],
+                &mut up[..m * ff],
+                &mut proj[..m * d],
+            );
+            rms_norm(x, &l.ffn_norm, hp.rms_eps, h);
             if let Some(st) = stats.as_deref_mut() {
-                st.add(li, &["ffn_gate", "ffn_up"], &h, d);
+                st.add(li, &["ffn_gate", "ffn_up"], h, d);
             }
             {
-                let acts = Acts::new(&h, d)?;
-                self.matmul(&l.gate, &acts, &mut gate)?;
-                self.matmul(&l.up, &acts, &mut up)?;
+                let acts = Acts::new(h, d)?;
+                self.matmul(&l.gate, &acts, gate)?;
+                self.matmul(&l.up, &acts, up)?;
             }
             gate.par_chunks_mut(4096)
                 .zip(up.par_chunks(4096))
@@ -477,13 +492,13 @@ impl Model {
                     swiglu(g, u);
                 });
             if let Some(st) = stats.as_deref_mut() {
-                st.add(li, &["ffn_down"], &gate, ff);
+                st.add(li, &["ffn_down"], gate, ff);
             }
             {
-                let acts = Acts::new(&gate, ff)?;
-                self.matmul(&l.down, &acts, &mut proj)?;
+                let acts = Acts::new(gate, ff)?;
+                self.matmul(&l.down, &acts, proj)?;
             }
-            add(&mut x, &proj);
+            add(x, proj);
         }
         cache.n_past += n;
 
