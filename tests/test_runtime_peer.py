@@ -1,8 +1,8 @@
 """The runtime against llama.cpp (llama-cpp-python) on SmolLM2: same file, same tokens.
 
-Measured (2 threads, WikiText-2 test, ctx 512, 6 windows, second halves scored): the Q4_1, Q8_0
-and Q4_0 files give llama.cpp's logits bit for bit (ppl 23.2950 both, KL 0); F16 greedy generation
-is identical for 64 tokens (benches/bench_runtime.py --variants --accuracy)."""
+Measured (2 threads, WikiText-2 test, ctx 512, 6 windows, second halves scored): the Q4_1, Q8_0,
+Q4_0 and Q4_K_M files give llama.cpp's logits bit for bit (ppl 23.2950 both for Q4_1, KL 0); F16
+greedy generation is identical for 64 tokens (benches/bench_runtime.py --variants --accuracy)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def llama_cpp():
 def f16_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("rt") / "smollm2-f16.gguf"
     rc = cli_main(["quantize", str(smollm2_path), "-o", str(out), "--type", "F16", "--no-progress"])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def q4_k_m_path(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rt") / "smollm2-q4_k_m.gguf"
+    rc = cli_main(
+        ["quantize", str(smollm2_path), "-o", str(out), "--type", "Q4_K_M", "--no-progress"]
+    )
     assert rc == 0
     return out
 
@@ -88,3 +98,27 @@ def test_perplexity_within_half_percent_of_llama_cpp(
     ref = LlamaCppModel(str(path), n_ctx=512, n_threads=2)
     r = evaluate(m, text, ctx=512, n_chunks=6, ref=ref, progress=False)
     assert abs(r["ppl"] / r["ref_ppl"] - 1) < 0.005, r
+
+
+def test_q4_k_m_logits_match_llama_cpp_bit_for_bit(
+    llama_cpp, q4_k_m_path: Path, wikitext_path: Path
+) -> None:
+    """SmolLM2's Q4_K_M: Q5_0/Q8_0 (tinyBLAS or vec_dot order), repacked Q4_K (gemm/gemv 8x8
+    orders) and Q6_K (vec_dot below 8 tokens, tiled matmul from 8), in a batch and one token at
+    a time."""
+    m = Model.load(q4_k_m_path, n_ctx=256, n_threads=2)
+    ids = m.tokenize(wikitext_path.read_text(encoding="utf-8")[:4000])[:99]
+    ours = m.logits(ids)
+    theirs = LlamaCppModel(str(q4_k_m_path), n_ctx=256, n_threads=2).logits(ids)
+    assert np.array_equal(ours, theirs)
+    one = llama_cpp.Llama(
+        str(q4_k_m_path), n_ctx=256, n_batch=1, n_threads=2, logits_all=True, verbose=False
+    )
+    one.eval(ids[:24])
+    m.reset()
+    ours_one = np.stack([m.eval_next([t]) for t in ids[:24]])
+    assert np.array_equal(ours_one, np.array(one.scores[:24], dtype=np.float32))
+    prompt = m.tokenize(PROMPT + " and its emperors")
+    assert list(m.generate_ids(prompt, 16, temperature=0)) == greedy_llama_cpp(
+        llama_cpp, q4_k_m_path, prompt, 16
+    )
