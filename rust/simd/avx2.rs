@@ -200,32 +200,51 @@ macro_rules! x86_kernels {
         /// blocks and `acts` `out.len() / 8` tokens of `nb` blocks.
         #[target_feature(enable = $feat)]
         pub unsafe fn q4_0_x8(rows: &[legacy::BlockQ4_0], acts: &[BlockQ8A], out: &mut [f32]) {
+            nib32_x8(rows, acts, out)
+        }
+
+        /// [`q4_0_x8`] for IQ4_NL, which ggml repacks to `block_iq4_nlx8` and
+        /// multiplies with the same kernels (`gemm/gemv_q4_b32_8x8_q8_0_lut_avx`,
+        /// the code book as the lookup table): the same order of float operations.
+        ///
+        /// # Safety
+        /// As [`q4_0_x8`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn iq4_nl_x8(rows: &[iq4::BlockIQ4NL], acts: &[BlockQ8A], out: &mut [f32]) {
+            nib32_x8(rows, acts, out)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn nib32_x8<B: crate::simd::Nib32Block>(rows: &[B], acts: &[BlockQ8A], out: &mut [f32]) {
             let nb = rows.len() / 8;
             let ntok = out.len() / 8;
             debug_assert!(rows.len() == 8 * nb && out.len() == 8 * ntok && acts.len() >= ntok * nb);
             let mut t = 0;
             while t + $tile <= ntok {
-                q4_0_x8_tile::<$tile>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + $tile)]);
+                nib32_x8_tile::<B, $tile>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + $tile)]);
                 t += $tile;
             }
             if $tile > 4 && t + 4 <= ntok {
-                q4_0_x8_tile::<4>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + 4)]);
+                nib32_x8_tile::<B, 4>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + 4)]);
                 t += 4;
             }
             while t < ntok {
-                q4_0_x8_tile::<1>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + 1)]);
+                nib32_x8_tile::<B, 1>(rows, nb, &acts[t * nb..], &mut out[8 * t..8 * (t + 1)]);
                 t += 1;
             }
         }
 
         #[target_feature(enable = $feat)]
-        unsafe fn q4_0_x8_tile<const N: usize>(
-            rows: &[legacy::BlockQ4_0],
+        unsafe fn nib32_x8_tile<B: crate::simd::Nib32Block, const N: usize>(
+            rows: &[B],
             nb: usize,
             acts: &[BlockQ8A],
             out: &mut [f32],
         ) {
             let mut acc = [_mm256_setzero_ps(); N];
+            let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+            let table = _mm256_set_m128i(table, table);
             // The eight rows are read as eight interleaved streams, which the
             // hardware prefetcher follows poorly: fetch the next eight rows
             // (the bytes just past these) evenly over the blocks.
@@ -235,13 +254,19 @@ macro_rules! x86_kernels {
                 _mm_prefetch::<_MM_HINT_T0>(p);
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(128));
-                // Codes as unsigned nibbles: Σ (q - 8)·a = Σ q·a - 8 Σ a.
+                // Q4_0: codes as unsigned nibbles, Σ (q - 8)·a = Σ q·a - 8 Σ a.
+                // IQ4_NL: the code book's signed values, ggml's sign trick.
                 let mut qx = [_mm256_setzero_si256(); 8];
+                let mut ax = [_mm256_setzero_si256(); 8];
                 let mut bits = [0u16; 8];
                 for k in 0..8 {
                     let blk = rows.get_unchecked(k * nb + b);
-                    qx[k] = nibbles32(blk.qs.as_ptr());
-                    bits[k] = blk.d.to_bits();
+                    qx[k] = nibbles32(blk.qs().as_ptr());
+                    if B::CODE_BOOK {
+                        qx[k] = _mm256_shuffle_epi8(table, qx[k]);
+                        ax[k] = _mm256_sign_epi8(qx[k], qx[k]);
+                    }
+                    bits[k] = blk.d_bits();
                 }
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr() as *const __m128i));
                 for t in 0..N {
@@ -249,9 +274,13 @@ macro_rules! x86_kernels {
                     let y = load_act(a);
                     let mut p = [_mm256_setzero_si256(); 8];
                     for k in 0..8 {
-                        p[k] = dot_i32(qx[k], y);
+                        p[k] = if B::CODE_BOOK {
+                            dot_i32(ax[k], _mm256_sign_epi8(y, qx[k]))
+                        } else {
+                            dot_i32(qx[k], y)
+                        };
                     }
-                    let suma = 8 * (a.sum[0] as i32 + a.sum[1] as i32);
+                    let suma = if B::CODE_BOOK { 0 } else { 8 * (a.sum[0] as i32 + a.sum[1] as i32) };
                     let isum = _mm256_sub_epi32(hsum8x8_i32(&p), _mm256_set1_epi32(suma));
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
                     acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);

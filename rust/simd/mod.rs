@@ -413,6 +413,36 @@ pub trait RowDot: Block {
     fn row_dot(row: &[Self], acts: &Acts, out: &mut [f32], isa: Isa);
 }
 
+/// The 18-byte blocks of 32 four-bit codes and an f16 scale that ggml's x86
+/// repacked `*_8x8_q8_0` kernels share: Q4_0 (codes `n - 8`) and IQ4_NL
+/// (codes from the code book).
+pub trait Nib32Block: Block {
+    /// Whether the nibbles index [`portable::KVALUES_IQ4NL`] (else `n - 8`).
+    const CODE_BOOK: bool;
+    fn d_bits(&self) -> u16;
+    fn qs(&self) -> &[u8; 16];
+}
+
+impl Nib32Block for legacy::BlockQ4_0 {
+    const CODE_BOOK: bool = false;
+    fn d_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+    fn qs(&self) -> &[u8; 16] {
+        &self.qs
+    }
+}
+
+impl Nib32Block for iq4::BlockIQ4NL {
+    const CODE_BOOK: bool = true;
+    fn d_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+    fn qs(&self) -> &[u8; 16] {
+        &self.qs
+    }
+}
+
 /// Kernel tables: `type => act kind, getter, portable, [avx2], [avx512], [neon]`.
 macro_rules! q8_kernels {
     ($($B:ty => $kind:ident, $getter:ident, $port:path,
@@ -573,16 +603,16 @@ pub fn matmul_isa(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Res
 /// The x86 cases where llama.cpp's CPU backend leaves `ggml_vec_dot_*`'s
 /// order of float operations, done in its order (false: none applies):
 ///
-/// - weights it repacks ([`repacked_by_ggml`]): Q4_0 through
-///   `ggml_gemm/gemv_q4_0_8x8_q8_0`, Q4_K through
+/// - weights it repacks ([`repacked_by_ggml`]): Q4_0 and IQ4_NL through
+///   `ggml_gemm/gemv_q4_0_8x8_q8_0` / `_iq4_nl_8x8_q8_0`, Q4_K through
 ///   `ggml_gemm/gemv_q4_K_8x8_q8_K` (with activations from
 ///   [`Acts::q8k_x4`]);
 /// - Q6_K with 8 tokens or more, which its "tiled" K-quant matmul
 ///   (ggml-cpu/tiled/) takes: one `fma(f32(sumi) · d_w, d_a, acc)` per
 ///   super-block instead of `ggml_vec_dot_q6_K_q8_K`'s eight lane FMAs.
 ///
-/// (Q4_0, Q5_0, Q8_0 and IQ4_NL through llamafile's tinyBLAS for two
-/// tokens or more keep the vec_dot order, which our kernels follow.)
+/// (Q5_0, Q8_0, and Q4_0 / IQ4_NL when not repacked, go through llamafile's
+/// tinyBLAS from two tokens, in the vec_dot order, which our kernels follow.)
 #[cfg(target_arch = "x86_64")]
 fn matmul_ggml_x86(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Result<bool> {
     let avx512 = isa == Isa::Avx512;
@@ -598,6 +628,20 @@ fn matmul_ggml_x86(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Re
                         avx512::q4_0_x8(rows, a, o)
                     } else {
                         avx2::q4_0_x8(rows, a, o)
+                    }
+                }
+            });
+        }
+        QType::IQ4_NL if repacked_by_ggml(w) => {
+            acts.prepare(ActKind::Q8)?;
+            let a = acts.q8();
+            matmul_rows8::<iq4::BlockIQ4NL>(w, acts.ntok, out, &|rows, o| {
+                // SAFETY: as for Q4_0.
+                unsafe {
+                    if avx512 {
+                        avx512::iq4_nl_x8(rows, a, o)
+                    } else {
+                        avx2::iq4_nl_x8(rows, a, o)
                     }
                 }
             });
@@ -643,11 +687,12 @@ pub const TILED_MIN_TOKENS: usize = 8;
 /// CPU "repack" buffer (`ggml_repack_get_optimal_repack_type`, repack.cpp)
 /// and we follow its kernels: Q4_0 with a multiple of 8 rows becomes
 /// `block_q4_0x8` (`ggml_gemm/gemv_q4_0_8x8_q8_0`), Q4_K `block_q4_Kx8`
-/// (`ggml_gemm/gemv_q4_K_8x8_q8_K`), whose orders of float operations differ
-/// from `ggml_vec_dot_*`'s. (It also repacks IQ4_NL and MXFP4 with AVX2 and
-/// Q2_K with AVX-512; those keep our vec_dot-order kernels.)
+/// (`ggml_gemm/gemv_q4_K_8x8_q8_K`), IQ4_NL `block_iq4_nlx8` (the Q4_0
+/// kernels with the code book), whose orders of float operations differ from
+/// `ggml_vec_dot_*`'s. (It also repacks MXFP4, and Q2_K with AVX-512; no
+/// kernel of ours follows those.)
 pub fn repacked_by_ggml(w: &WeightView) -> bool {
-    matches!(w.qtype, QType::Q4_0 | QType::Q4_K) && w.rows % 8 == 0
+    matches!(w.qtype, QType::Q4_0 | QType::Q4_K | QType::IQ4_NL) && w.rows % 8 == 0
 }
 
 fn matmul_typed<B: RowDot>(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) {

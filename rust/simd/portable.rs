@@ -455,3 +455,23 @@ pub fn q4_k_repacked_seq(
         *o = acc - accm;
     }
 }
+
+/// IQ4_NL rows in the order of ggml's repacked kernels (those of Q4_0 with the
+/// code book, `ggml_gemm/gemv_iq4_nl_8x8_q8_0`; the reference of the x86
+/// `iq4_nl_x8` kernels): as [`q4_0_seq`].
+pub fn iq4_nl_seq(row: &[iq4::BlockIQ4NL], acts: &[BlockQ8A], out: &mut [f32]) {
+    let nb = row.len();
+    for (t, o) in out.iter_mut().enumerate() {
+        let mut acc = 0f32;
+        for (b, a) in row.iter().zip(&acts[t * nb..(t + 1) * nb]) {
+            let mut isum = 0i32;
+            for j in 0..16 {
+                let lo = KVALUES_IQ4NL[(b.qs[j] & 0x0f) as usize] as i32;
+                let hi = KVALUES_IQ4NL[(b.qs[j] >> 4) as usize] as i32;
+                isum += lo * a.qs[j] as i32 + hi * a.qs[j + 16] as i32;
+            }
+            acc = (isum as f32).mul_add(b.d.to_f32() * a.d, acc);
+        }
+        *o = acc;
+    }
+}

@@ -280,8 +280,14 @@ fn attention_orders_match_reference() {
 }
 
 #[test]
-fn q4_0_repacked_order_matches_reference() {
-    let mut rng = Rng(0xabcd_0042);
+fn q4_0_and_iq4_nl_repacked_order_matches_reference() {
+    for qtype in [QType::Q4_0, QType::IQ4_NL] {
+        check_nib32_repacked(qtype);
+    }
+}
+
+fn check_nib32_repacked(qtype: QType) {
+    let mut rng = Rng(0xabcd_0042 ^ qtype as u64);
     for &(rows, cols, ntok) in &[
         (8usize, 32usize, 1usize),
         (16, 288, 3),
@@ -292,21 +298,27 @@ fn q4_0_repacked_order_matches_reference() {
         (264, 64, 1),
         (40, 160, 2),
     ] {
-        let bytes = random_weights(QType::Q4_0, rows, cols, &mut rng);
+        let bytes = random_weights(qtype, rows, cols, &mut rng);
         let x: Vec<f32> = (0..ntok * cols).map(|_| rng.uniform() * 2.0).collect();
         let acts = Acts::new(&x, cols).unwrap();
         let w = WeightView {
-            qtype: QType::Q4_0,
+            qtype,
             bytes: &bytes,
             rows,
             cols,
         };
-        let blocks: Vec<legacy::BlockQ4_0> = bytemuck::pod_collect_to_vec(&bytes);
         let per_row = cols / 32;
         let mut want = vec![0f32; ntok * rows];
         for r in 0..rows {
             let mut o = vec![0f32; ntok];
-            portable::q4_0_seq(&blocks[r * per_row..(r + 1) * per_row], acts.q8(), &mut o);
+            let rb = &bytes[r * per_row * 18..(r + 1) * per_row * 18];
+            if qtype == QType::Q4_0 {
+                let blocks: Vec<legacy::BlockQ4_0> = bytemuck::pod_collect_to_vec(rb);
+                portable::q4_0_seq(&blocks, acts.q8(), &mut o);
+            } else {
+                let blocks: Vec<iq4::BlockIQ4NL> = bytemuck::pod_collect_to_vec(rb);
+                portable::iq4_nl_seq(&blocks, acts.q8(), &mut o);
+            }
             for t in 0..ntok {
                 want[t * rows + r] = o[t];
             }
@@ -326,7 +338,7 @@ fn q4_0_repacked_order_matches_reference() {
                         .iter()
                         .zip(&want)
                         .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{isa:?} {rows}x{cols} ntok {ntok}");
+                    assert!(same, "{qtype:?} {isa:?} {rows}x{cols} ntok {ntok}");
                 }
             }
         }
