@@ -561,7 +561,14 @@ macro_rules! x86_kernels {
             let mut acc = [_mm256_setzero_ps(); N];
             let mut accm = [_mm256_setzero_ps(); N];
             let m4 = _mm256_set1_epi8(0x0f);
+            // Eight interleaved streams, as in `nib32_x8_tile`: fetch the next
+            // eight rows (the bytes just past these) evenly over the super-blocks.
+            let next = rows.as_ptr().wrapping_add(rows.len()) as *const i8;
             for b in 0..nb {
+                let pf = next.wrapping_add(8 * 144 * b);
+                for line in 0..18 {
+                    _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(64 * line));
+                }
                 // p[t][sb][k]: row k's Σ sc·code·q over sub-blocks 2sb, 2sb+1
                 // (8 lanes to be summed), against token t. Without GEMM all
                 // four pairs go into p[t][0].
