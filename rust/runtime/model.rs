@@ -489,7 +489,7 @@ impl Model {
             gate.par_chunks_mut(4096)
                 .zip(up.par_chunks(4096))
                 .for_each(|(g, u)| {
-                    swiglu(g, u);
+                    simd::vexp::swiglu(g, u);
                 });
             if let Some(st) = stats.as_deref_mut() {
                 st.add(li, &["ffn_down"], gate, ff);
@@ -684,73 +684,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// ggml's vector width for `ggml_v_expf` / `ggml_v_silu` (its AVX-512 build):
-/// whole chunks of this many values go through the vector approximation, the
-/// tail through libm's `expf`.
-const GGML_VEC: usize = 16;
-
-/// ggml's `ggml_v_expf` (AVX-512 variant, from ARM's optimized routines),
-/// one lane: within 1.5 ulp of `expf`, but not bit-equal to it.
-#[inline]
-fn ggml_v_expf(x: f32) -> f32 {
-    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
-    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r);
-    let n = z - r;
-    let b = (-n).mul_add(
-        f32::from_bits(0x35bf_be8e),
-        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
-    );
-    if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
-    }
-    let u = b * b;
-    let j = f32::from_bits(0x3c07_2010)
-        .mul_add(b, f32::from_bits(0x3d2b_9f17))
-        .mul_add(
-            u,
-            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
-        )
-        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
-    // _mm512_scalef_ps(j, n): j · 2^n, rounded once.
-    let e = n as i32;
-    (j as f64 * 2f64.powi(e)) as f32
-}
-
-/// `y = silu(g) · u` as ggml's `ggml_vec_swiglu_f32`: `x / (1 + v_expf(-x))`
-/// in whole vector chunks, `x / (1 + expf(-x))` for the tail.
-fn swiglu(g: &mut [f32], u: &[f32]) {
-    let body = g.len() / GGML_VEC * GGML_VEC;
-    let (gb, gt) = g.split_at_mut(body);
-    let (ub, ut) = u.split_at(body);
-    for (g, u) in gb.iter_mut().zip(ub) {
-        *g = *g / (1.0 + ggml_v_expf(-*g)) * u;
-    }
-    for (g, u) in gt.iter_mut().zip(ut) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
-
-/// `x = exp(x - max)` and the sum, as ggml's `ggml_vec_soft_max_f32`: vector
-/// chunks through `ggml_v_expf`, each chunk summed in f32 (the tree of
-/// `_mm512_reduce_add_ps`) then added in f64; the tail through `expf`.
-fn soft_max_exp(x: &mut [f32], max: f32) -> f64 {
-    let body = x.len() / GGML_VEC * GGML_VEC;
-    let mut sum = 0f64;
-    for c in x[..body].chunks_exact_mut(GGML_VEC) {
-        let mut t = [0f32; GGML_VEC];
-        for (v, t) in c.iter_mut().zip(t.iter_mut()) {
-            *v = ggml_v_expf(*v - max);
-            *t = *v;
-        }
-        sum += simd::attn::reduce16(&t) as f64;
-    }
-    for v in x[body..].iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
-    sum
-}
-
 fn round_f16(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
@@ -797,7 +730,9 @@ fn attention(hp: &HParams, cache: &KvCache, layer: usize, pos0: usize, q: &[f32]
         let n_keys = pos0 + t + 1;
         // The masked positions up to the next chunk of 16 (within n_kv) go
         // through the vector exp as in ggml, as -inf.
-        let padded = n_kv.min(n_keys.div_ceil(GGML_VEC) * GGML_VEC).max(n_keys);
+        let padded = n_kv
+            .min(n_keys.div_ceil(simd::vexp::GGML_VEC) * simd::vexp::GGML_VEC)
+            .max(n_keys);
         let mut scores: Vec<f32> = (0..padded)
             .map(|p| {
                 if p < n_keys {
@@ -810,7 +745,7 @@ fn attention(hp: &HParams, cache: &KvCache, layer: usize, pos0: usize, q: &[f32]
         let max = scores[..n_keys]
             .iter()
             .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let sum = soft_max_exp(&mut scores, max);
+        let sum = simd::vexp::soft_max_exp(&mut scores, max);
         let inv = (1.0 / sum) as f32;
         scores.truncate(n_keys);
         for s in scores.iter_mut() {

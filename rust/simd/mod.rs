@@ -31,6 +31,7 @@ pub mod avx2;
 pub mod avx512;
 pub mod neon;
 pub mod portable;
+pub mod vexp;
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
