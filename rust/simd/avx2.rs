@@ -32,6 +32,25 @@ macro_rules! tiles {
 #[allow(unused_imports)]
 pub(crate) use tiles;
 
+/// Run the two-row `$tile2::<$n>` over the tokens in tiles of `$n`, then singles.
+macro_rules! rows2 {
+    ($n:literal; $tile2:ident, $rows:expr, $acts:expr, $out:expr) => {{
+        let nb = $rows.len() / 2;
+        let ntok = $out.len() / 2;
+        let mut t = 0;
+        while t + $n <= ntok {
+            $tile2::<$n>($rows, nb, &$acts[t * nb..], &mut $out[2 * t..2 * (t + $n)]);
+            t += $n;
+        }
+        while t < ntok {
+            $tile2::<1>($rows, nb, &$acts[t * nb..], &mut $out[2 * t..2 * t + 2]);
+            t += 1;
+        }
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use rows2;
+
 /// Every x86 kernel, for the target features `$feat`; `$tier` (`avx2` or
 /// `avx512`) picks how unsigned × signed bytes are summed, `$tile` the tokens per tile.
 macro_rules! x86_kernels {
@@ -419,6 +438,89 @@ macro_rules! x86_kernels {
             }
             for t in 0..N {
                 out[t] = hsum(acc[t]);
+            }
+        }
+
+        // ------------------------------------ Q8_0 / Q5_0, two rows at once
+
+        /// Two weight rows (`rows`: row 0's `nb` blocks, then row 1's) times
+        /// the `out.len() / 2` tokens, `out[2 t + k]` = row k, token t. Each
+        /// output is the same FMA chain as the one-row kernel's (so the same
+        /// bits); one activation load serves both rows, which halves the loads
+        /// per FMA when a batch is multiplied.
+        ///
+        /// # Safety
+        /// The tier's features must be present; `acts` holds the tokens' `nb` blocks each.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn q8_0_x2(rows: &[legacy::BlockQ8_0], acts: &[BlockQ8A], out: &mut [f32]) {
+            rows2!($tile; q8_0_tile2, rows, acts, out)
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn q8_0_tile2<const N: usize>(
+            rows: &[legacy::BlockQ8_0],
+            nb: usize,
+            acts: &[BlockQ8A],
+            out: &mut [f32],
+        ) {
+            let decode = |b: &legacy::BlockQ8_0| {
+                (f16_bits(b.d.to_bits()), _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i))
+            };
+            pair_tile::<N, _>(nb, acts, out, |i| {
+                (decode(rows.get_unchecked(i)), decode(rows.get_unchecked(nb + i)))
+            })
+        }
+
+        /// As [`q8_0_x2`].
+        ///
+        /// # Safety
+        /// As [`q8_0_x2`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn q5_0_x2(rows: &[legacy::BlockQ5_0], acts: &[BlockQ8A], out: &mut [f32]) {
+            rows2!($tile; q5_0_tile2, rows, acts, out)
+        }
+
+        #[target_feature(enable = $feat)]
+        unsafe fn q5_0_tile2<const N: usize>(
+            rows: &[legacy::BlockQ5_0],
+            nb: usize,
+            acts: &[BlockQ8A],
+            out: &mut [f32],
+        ) {
+            let bit4 = _mm256_set1_epi8(0x10);
+            let sixteen = _mm256_set1_epi8(16);
+            let decode = |b: &legacy::BlockQ5_0| {
+                let high = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(b.qh)), bit4);
+                let qx = _mm256_sub_epi8(_mm256_or_si256(nibbles32(b.qs.as_ptr()), high), sixteen);
+                (f16_bits(b.d.to_bits()), qx)
+            };
+            pair_tile::<N, _>(nb, acts, out, |i| {
+                (decode(rows.get_unchecked(i)), decode(rows.get_unchecked(nb + i)))
+            })
+        }
+
+        /// The shared loop of the two-row kernels: `block(i)` decodes block i
+        /// of both rows to (scale, signed bytes).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn pair_tile<const N: usize, F>(nb: usize, acts: &[BlockQ8A], out: &mut [f32], block: F)
+        where
+            F: Fn(usize) -> ((f32, __m256i), (f32, __m256i)),
+        {
+            let mut a0 = [_mm256_setzero_ps(); N];
+            let mut a1 = [_mm256_setzero_ps(); N];
+            for i in 0..nb {
+                let ((d0, q0), (d1, q1)) = block(i);
+                for t in 0..N {
+                    let a = acts.get_unchecked(t * nb + i);
+                    let y = load_act(a);
+                    a0[t] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a.d), dot_ss(q0, y), a0[t]);
+                    a1[t] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a.d), dot_ss(q1, y), a1[t]);
+                }
+            }
+            for t in 0..N {
+                out[2 * t] = hsum(a0[t]);
+                out[2 * t + 1] = hsum(a1[t]);
             }
         }
 

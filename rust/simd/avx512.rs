@@ -12,7 +12,7 @@ pub use imp::*;
 // the other modules; building this one needs 1.89).
 #[allow(clippy::needless_range_loop, clippy::incompatible_msrv)]
 mod imp {
-    use super::super::avx2::{tiles, x86_kernels};
+    use super::super::avx2::{rows2, tiles, x86_kernels};
     x86_kernels!(
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
         avx512,

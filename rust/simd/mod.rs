@@ -621,7 +621,7 @@ fn matmul_ggml_x86(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Re
         QType::Q4_0 if repacked_by_ggml(w) => {
             acts.prepare(ActKind::Q8)?;
             let a = acts.q8();
-            matmul_rows8::<legacy::BlockQ4_0>(w, acts.ntok, out, &|rows, o| {
+            matmul_rows::<legacy::BlockQ4_0, 8>(w, acts.ntok, out, &|rows, o| {
                 // SAFETY: the tier was detected; `a` holds `o.len() / 8`
                 // tokens of the rows' blocks (prepared as Q8 above).
                 unsafe {
@@ -636,7 +636,7 @@ fn matmul_ggml_x86(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Re
         QType::IQ4_NL if repacked_by_ggml(w) => {
             acts.prepare(ActKind::Q8)?;
             let a = acts.q8();
-            matmul_rows8::<iq4::BlockIQ4NL>(w, acts.ntok, out, &|rows, o| {
+            matmul_rows::<iq4::BlockIQ4NL, 8>(w, acts.ntok, out, &|rows, o| {
                 // SAFETY: as for Q4_0.
                 unsafe {
                     if avx512 {
@@ -650,13 +650,44 @@ fn matmul_ggml_x86(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Re
         QType::Q4_K if repacked_by_ggml(w) => {
             acts.prepare(ActKind::Q8KX4)?;
             let a = acts.q8k_x4();
-            matmul_rows8::<k_quants::BlockQ4K>(w, acts.ntok, out, &|rows, o| {
+            matmul_rows::<k_quants::BlockQ4K, 8>(w, acts.ntok, out, &|rows, o| {
                 // SAFETY: as above, the activations prepared as Q8KX4.
                 unsafe {
                     if avx512 {
                         avx512::q4_k_x8(rows, a, o)
                     } else {
                         avx2::q4_k_x8(rows, a, o)
+                    }
+                }
+            });
+        }
+        // Not a different order: for a batch, two rows per pass share the
+        // activation loads (one token gains nothing from it).
+        QType::Q8_0 if w.rows % 2 == 0 && acts.ntok >= 2 => {
+            acts.prepare(ActKind::Q8)?;
+            let a = acts.q8();
+            matmul_rows::<legacy::BlockQ8_0, 2>(w, acts.ntok, out, &|rows, o| {
+                // SAFETY: the tier was detected; `a` holds `o.len() / 2`
+                // tokens of the rows' blocks (prepared as Q8 above).
+                unsafe {
+                    if avx512 {
+                        avx512::q8_0_x2(rows, a, o)
+                    } else {
+                        avx2::q8_0_x2(rows, a, o)
+                    }
+                }
+            });
+        }
+        QType::Q5_0 if w.rows % 2 == 0 && acts.ntok >= 2 => {
+            acts.prepare(ActKind::Q8)?;
+            let a = acts.q8();
+            matmul_rows::<legacy::BlockQ5_0, 2>(w, acts.ntok, out, &|rows, o| {
+                // SAFETY: as for Q8_0.
+                unsafe {
+                    if avx512 {
+                        avx512::q5_0_x2(rows, a, o)
+                    } else {
+                        avx2::q5_0_x2(rows, a, o)
                     }
                 }
             });
@@ -743,44 +774,49 @@ fn matmul_with<B: Block>(w: &WeightView, acts: &Acts, out: &mut [f32], kernel: &
         });
 }
 
-/// Eight weight rows (row k's blocks at `k * nb..`) and the `[token][8]`
+/// `K` weight rows (row k's blocks at `k * nb..`) and the `[token][K]`
 /// outputs; the kernel holds the activations.
 #[cfg(target_arch = "x86_64")]
-type Rows8Kernel<'k, B> = dyn Fn(&[B], &mut [f32]) + Sync + 'k;
+type RowsKernel<'k, B> = dyn Fn(&[B], &mut [f32]) + Sync + 'k;
 
-/// [`matmul_with`] for a kernel that takes eight rows at once and writes
-/// `out[8 t + k]` (row k, token t) for the `ntok` tokens; `w.rows` must be a
-/// multiple of 8.
+/// [`matmul_with`] for a kernel that takes `K` rows at once and writes
+/// `out[K t + k]` (row k, token t) for the `ntok` tokens; `w.rows` must be a
+/// multiple of `K`.
 #[cfg(target_arch = "x86_64")]
-fn matmul_rows8<B: Block>(w: &WeightView, ntok: usize, out: &mut [f32], kernel: &Rows8Kernel<B>) {
-    debug_assert!(w.rows % 8 == 0);
+fn matmul_rows<B: Block, const K: usize>(
+    w: &WeightView,
+    ntok: usize,
+    out: &mut [f32],
+    kernel: &RowsKernel<B>,
+) {
+    debug_assert!(w.rows % K == 0);
     let blocks: Cow<[B]> = blocks_of::<B>(w.bytes);
-    let group = 8 * (w.cols / B::BLOCK_SIZE);
-    let groups = w.rows / 8;
+    let group = K * (w.cols / B::BLOCK_SIZE);
+    let groups = w.rows / K;
     let threads = rayon::current_num_threads().max(1);
-    // Groups of eight rows per task, as `matmul_with` chooses rows.
+    // Groups of K rows per task, as `matmul_with` chooses rows.
     let chunk = if threads == 1 {
         groups.max(1)
     } else {
-        (groups / (threads * 8)).clamp(2, 512)
+        (groups / (threads * 8)).clamp((16 / K).max(2), 4096 / K)
     };
     let run = |g: usize, dst: &mut [f32]| kernel(&blocks[g * group..(g + 1) * group], dst);
     if ntok == 1 {
-        out.par_chunks_mut(chunk * 8)
+        out.par_chunks_mut(chunk * K)
             .enumerate()
             .for_each(|(ci, dst)| {
-                for (i, o) in dst.chunks_exact_mut(8).enumerate() {
+                for (i, o) in dst.chunks_exact_mut(K).enumerate() {
                     run(ci * chunk + i, o);
                 }
             });
         return;
     }
-    // [group][token][8] first, so each task writes one contiguous piece.
+    // [group][token][K] first, so each task writes one contiguous piece.
     let mut tmp = vec![0f32; w.rows * ntok];
-    tmp.par_chunks_mut(chunk * 8 * ntok)
+    tmp.par_chunks_mut(chunk * K * ntok)
         .enumerate()
         .for_each(|(ci, dst)| {
-            for (i, o) in dst.chunks_exact_mut(8 * ntok).enumerate() {
+            for (i, o) in dst.chunks_exact_mut(K * ntok).enumerate() {
                 run(ci * chunk + i, o);
             }
         });
@@ -788,8 +824,8 @@ fn matmul_rows8<B: Block>(w: &WeightView, ntok: usize, out: &mut [f32], kernel: 
         .with_min_len(8)
         .enumerate()
         .for_each(|(t, o)| {
-            for (g, o8) in o.chunks_exact_mut(8).enumerate() {
-                o8.copy_from_slice(&tmp[(g * ntok + t) * 8..(g * ntok + t + 1) * 8]);
+            for (g, ok) in o.chunks_exact_mut(K).enumerate() {
+                ok.copy_from_slice(&tmp[(g * ntok + t) * K..(g * ntok + t + 1) * K]);
             }
         });
 }

@@ -589,3 +589,45 @@ fn q6_k_orders_match_reference() {
         }
     }
 }
+
+#[test]
+fn two_row_q8_0_and_q5_0_kernels_give_the_one_row_bits() {
+    let mut rng = Rng(0x2_0052_0080);
+    for qtype in [QType::Q8_0, QType::Q5_0] {
+        for &(rows, cols, ntok) in &[
+            (2usize, 32usize, 1usize),
+            (6, 576, 1),
+            (4, 576, 2),
+            (10, 1536, 9),
+            (34, 96, 17),
+        ] {
+            let bytes = random_weights(qtype, rows, cols, &mut rng);
+            let x: Vec<f32> = (0..ntok * cols).map(|_| rng.uniform() * 2.0).collect();
+            let acts = Acts::new(&x, cols).unwrap();
+            acts.prepare(ActKind::Q8).unwrap();
+            let w = WeightView {
+                qtype,
+                bytes: &bytes,
+                rows,
+                cols,
+            };
+            for isa in available_isas() {
+                if !matches!(isa, Isa::Avx2 | Isa::Avx512) {
+                    continue;
+                }
+                let mut one_row = vec![0f32; ntok * rows];
+                match qtype {
+                    QType::Q8_0 => matmul_typed::<legacy::BlockQ8_0>(&w, &acts, &mut one_row, isa),
+                    _ => matmul_typed::<legacy::BlockQ5_0>(&w, &acts, &mut one_row, isa),
+                }
+                let mut got = vec![0f32; ntok * rows];
+                matmul_isa(&w, &acts, &mut got, isa).unwrap();
+                let same = got
+                    .iter()
+                    .zip(&one_row)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{} {isa:?} {rows}x{cols} ntok {ntok}", qtype.name());
+            }
+        }
+    }
+}
