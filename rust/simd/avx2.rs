@@ -1128,6 +1128,62 @@ macro_rules! x86_kernels {
             }
         }
 
+        /// Two weight rows (`row`: row 0's `cols` values, then row 1's) times
+        /// a batch of `out.len() / 2` tokens in tinyBLAS's order (see
+        /// [`ggml_float_rows`]; needs `cols % 16 == 0`), `out[2 t + k]` = row
+        /// k, token t: one activation load serves both rows.
+        #[target_feature(enable = $feat)]
+        unsafe fn ggml_float_rows2<const KIND: u8>(row: *const u8, cols: usize, x: &[f32], out: &mut [f32]) {
+            const T: usize = $tile / 2;
+            let esz = if KIND == 0 { 4 } else { 2 };
+            let row1 = row.add(cols * esz);
+            let ntok = out.len() / 2;
+            let mut t = 0;
+            while t < ntok {
+                let n = (ntok - t).min(T);
+                let mut acc = [[_mm256_setzero_ps(); 4]; T]; // [token][row0 lo, row0 hi, row1 lo, row1 hi]
+                let mut j = 0;
+                while j < cols {
+                    let w = [
+                        load8::<KIND>(row, j),
+                        load8::<KIND>(row, j + 8),
+                        load8::<KIND>(row1, j),
+                        load8::<KIND>(row1, j + 8),
+                    ];
+                    for k in 0..n {
+                        let xp = x.as_ptr().add((t + k) * cols + j);
+                        let (xl, xh) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)));
+                        let a = &mut acc[k];
+                        a[0] = _mm256_fmadd_ps(w[0], xl, a[0]);
+                        a[1] = _mm256_fmadd_ps(w[1], xh, a[1]);
+                        a[2] = _mm256_fmadd_ps(w[2], xl, a[2]);
+                        a[3] = _mm256_fmadd_ps(w[3], xh, a[3]);
+                    }
+                    j += 16;
+                }
+                for k in 0..n {
+                    out[2 * (t + k)] = hsum(_mm256_add_ps(acc[k][0], acc[k][1]));
+                    out[2 * (t + k) + 1] = hsum(_mm256_add_ps(acc[k][2], acc[k][3]));
+                }
+                t += n;
+            }
+        }
+
+        /// # Safety
+        /// The tier's features must be present; `rows` holds two rows of
+        /// `cols` (a multiple of 16) and `x` `out.len() / 2` tokens of `cols`.
+        #[target_feature(enable = $feat)]
+        pub unsafe fn f32_rows2(rows: &[f32], x: &[f32], out: &mut [f32]) {
+            ggml_float_rows2::<0>(rows.as_ptr() as *const u8, rows.len() / 2, x, out)
+        }
+
+        /// # Safety
+        /// As [`f32_rows2`].
+        #[target_feature(enable = $feat)]
+        pub unsafe fn f16_rows2(rows: &[u16], x: &[f32], out: &mut [f32]) {
+            ggml_float_rows2::<1>(rows.as_ptr() as *const u8, rows.len() / 2, x, out)
+        }
+
         #[target_feature(enable = $feat)]
         unsafe fn float_rows<const KIND: u8>(row: *const u8, cols: usize, x: &[f32], out: &mut [f32]) {
             if KIND < 2 {

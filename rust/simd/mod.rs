@@ -692,6 +692,39 @@ fn matmul_ggml_x86(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Re
                 }
             });
         }
+        // tinyBLAS's order either way; two rows per pass share the loads.
+        QType::F16 | QType::F32 if w.rows % 2 == 0 && acts.ntok >= 2 && w.cols % 16 == 0 => {
+            let f16 = w.qtype == QType::F16;
+            let kind = if f16 { ActKind::F16 } else { ActKind::F32 };
+            acts.prepare(kind)?;
+            let x = acts.floats(kind);
+            if f16 {
+                matmul_rows::<float::BlockF16, 2>(w, acts.ntok, out, &|rows, o| {
+                    let rows: &[u16] = bytemuck::cast_slice(rows);
+                    // SAFETY: the tier was detected; `rows` holds two rows of
+                    // `w.cols` (a multiple of 16), `x` the tokens' values.
+                    unsafe {
+                        if avx512 {
+                            avx512::f16_rows2(rows, x, o)
+                        } else {
+                            avx2::f16_rows2(rows, x, o)
+                        }
+                    }
+                });
+            } else {
+                matmul_rows::<float::BlockF32, 2>(w, acts.ntok, out, &|rows, o| {
+                    let rows: &[f32] = bytemuck::cast_slice(rows);
+                    // SAFETY: as for F16.
+                    unsafe {
+                        if avx512 {
+                            avx512::f32_rows2(rows, x, o)
+                        } else {
+                            avx2::f32_rows2(rows, x, o)
+                        }
+                    }
+                });
+            }
+        }
         QType::Q6_K if acts.ntok >= TILED_MIN_TOKENS => {
             acts.prepare(ActKind::Q8K)?;
             let a = acts.q8k();

@@ -399,6 +399,10 @@ fn f32_and_f16_weights_follow_ggml_order() {
             (2, 100, 1),
             (2, 100, 5), // cols % 16 != 0: vec_dot for every token
             (1, 48, 3),
+            // an even row count: two rows per pass (one token, a batch, tails)
+            (4, 576, 2),
+            (6, 576, 9),
+            (8, 64, 1),
         ] {
             let bytes = random_weights(qtype, rows, cols, &mut rng);
             let x: Vec<f32> = (0..ntok * cols).map(|_| rng.uniform() * 2.0).collect();
