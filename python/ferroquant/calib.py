@@ -116,12 +116,16 @@ def token_file(path: Path, nsamples: int, seqlen: int) -> np.ndarray:
     return np.ascontiguousarray(arr[:nsamples], dtype=np.int64)
 
 
+def _check_counts(nsamples: int, seqlen: int) -> None:
+    if nsamples < 1 or seqlen < 2:
+        raise CalibError(f"need nsamples >= 1 and seqlen >= 2, got {nsamples} and {seqlen}")
+
+
 def sample_windows(
     tokens: np.ndarray, nsamples: int, seqlen: int, seed: int, what: str
 ) -> np.ndarray:
     """``nsamples`` windows of ``seqlen`` tokens at seeded random offsets."""
-    if nsamples < 1 or seqlen < 2:
-        raise CalibError(f"need nsamples >= 1 and seqlen >= 2, got {nsamples} and {seqlen}")
+    _check_counts(nsamples, seqlen)
     n = int(tokens.size)
     if n < seqlen:
         raise CalibError(
@@ -202,8 +206,7 @@ def self_generated(
         start = tokenizer.eos_token_id
     if start is None:
         raise CalibError("--calib self needs a tokenizer with a BOS or EOS token")
-    if nsamples < 1 or seqlen < 2:
-        raise CalibError(f"need nsamples >= 1 and seqlen >= 2, got {nsamples} and {seqlen}")
+    _check_counts(nsamples, seqlen)
     path = _cache_dir() / f"self-{_self_cache_key(model, seqlen, seed)}.npy"
     have = np.zeros((0, seqlen), dtype=np.int64)
     if cache and path.is_file():

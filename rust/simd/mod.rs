@@ -617,80 +617,46 @@ pub fn matmul_isa(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Res
 #[cfg(target_arch = "x86_64")]
 fn matmul_ggml_x86(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Result<bool> {
     let avx512 = isa == Isa::Avx512;
-    match w.qtype {
-        QType::Q4_0 if repacked_by_ggml(w) => {
+    // One x86 kernel, of the detected tier.
+    macro_rules! tier {
+        ($k:ident($($a:expr),*)) => {
+            if avx512 {
+                avx512::$k($($a),*)
+            } else {
+                avx2::$k($($a),*)
+            }
+        };
+    }
+    // A kernel taking `$K` rows at once and the tokens' Q8 blocks.
+    macro_rules! q8_rows {
+        ($B:ty, $K:literal, $k:ident) => {{
             acts.prepare(ActKind::Q8)?;
             let a = acts.q8();
-            matmul_rows::<legacy::BlockQ4_0, 8>(w, acts.ntok, out, &|rows, o| {
-                // SAFETY: the tier was detected; `a` holds `o.len() / 8`
+            matmul_rows::<$B, $K>(w, acts.ntok, out, &|rows, o| {
+                // SAFETY: the tier was detected; `a` holds `o.len() / $K`
                 // tokens of the rows' blocks (prepared as Q8 above).
-                unsafe {
-                    if avx512 {
-                        avx512::q4_0_x8(rows, a, o)
-                    } else {
-                        avx2::q4_0_x8(rows, a, o)
-                    }
-                }
+                unsafe { tier!($k(rows, a, o)) }
             });
-        }
-        QType::IQ4_NL if repacked_by_ggml(w) => {
-            acts.prepare(ActKind::Q8)?;
-            let a = acts.q8();
-            matmul_rows::<iq4::BlockIQ4NL, 8>(w, acts.ntok, out, &|rows, o| {
-                // SAFETY: as for Q4_0.
-                unsafe {
-                    if avx512 {
-                        avx512::iq4_nl_x8(rows, a, o)
-                    } else {
-                        avx2::iq4_nl_x8(rows, a, o)
-                    }
-                }
-            });
-        }
+        }};
+    }
+    match w.qtype {
+        QType::Q4_0 if repacked_by_ggml(w) => q8_rows!(legacy::BlockQ4_0, 8, q4_0_x8),
+        QType::IQ4_NL if repacked_by_ggml(w) => q8_rows!(iq4::BlockIQ4NL, 8, iq4_nl_x8),
         QType::Q4_K if repacked_by_ggml(w) => {
             acts.prepare(ActKind::Q8KX4)?;
             let a = acts.q8k_x4();
             matmul_rows::<k_quants::BlockQ4K, 8>(w, acts.ntok, out, &|rows, o| {
                 // SAFETY: as above, the activations prepared as Q8KX4.
-                unsafe {
-                    if avx512 {
-                        avx512::q4_k_x8(rows, a, o)
-                    } else {
-                        avx2::q4_k_x8(rows, a, o)
-                    }
-                }
+                unsafe { tier!(q4_k_x8(rows, a, o)) }
             });
         }
         // Not a different order: for a batch, two rows per pass share the
         // activation loads (one token gains nothing from it).
         QType::Q8_0 if w.rows % 2 == 0 && acts.ntok >= 2 => {
-            acts.prepare(ActKind::Q8)?;
-            let a = acts.q8();
-            matmul_rows::<legacy::BlockQ8_0, 2>(w, acts.ntok, out, &|rows, o| {
-                // SAFETY: the tier was detected; `a` holds `o.len() / 2`
-                // tokens of the rows' blocks (prepared as Q8 above).
-                unsafe {
-                    if avx512 {
-                        avx512::q8_0_x2(rows, a, o)
-                    } else {
-                        avx2::q8_0_x2(rows, a, o)
-                    }
-                }
-            });
+            q8_rows!(legacy::BlockQ8_0, 2, q8_0_x2)
         }
         QType::Q5_0 if w.rows % 2 == 0 && acts.ntok >= 2 => {
-            acts.prepare(ActKind::Q8)?;
-            let a = acts.q8();
-            matmul_rows::<legacy::BlockQ5_0, 2>(w, acts.ntok, out, &|rows, o| {
-                // SAFETY: as for Q8_0.
-                unsafe {
-                    if avx512 {
-                        avx512::q5_0_x2(rows, a, o)
-                    } else {
-                        avx2::q5_0_x2(rows, a, o)
-                    }
-                }
-            });
+            q8_rows!(legacy::BlockQ5_0, 2, q5_0_x2)
         }
         // tinyBLAS's order either way; two rows per pass share the loads.
         QType::F16 | QType::F32 if w.rows % 2 == 0 && acts.ntok >= 2 && w.cols % 16 == 0 => {
@@ -698,30 +664,15 @@ fn matmul_ggml_x86(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Re
             let kind = if f16 { ActKind::F16 } else { ActKind::F32 };
             acts.prepare(kind)?;
             let x = acts.floats(kind);
+            // SAFETY (both): the tier was detected; `rows` holds two rows of
+            // `w.cols` (a multiple of 16), `x` the tokens' values.
             if f16 {
-                matmul_rows::<float::BlockF16, 2>(w, acts.ntok, out, &|rows, o| {
-                    let rows: &[u16] = bytemuck::cast_slice(rows);
-                    // SAFETY: the tier was detected; `rows` holds two rows of
-                    // `w.cols` (a multiple of 16), `x` the tokens' values.
-                    unsafe {
-                        if avx512 {
-                            avx512::f16_rows2(rows, x, o)
-                        } else {
-                            avx2::f16_rows2(rows, x, o)
-                        }
-                    }
+                matmul_rows::<float::BlockF16, 2>(w, acts.ntok, out, &|rows, o| unsafe {
+                    tier!(f16_rows2(bytemuck::cast_slice(rows), x, o))
                 });
             } else {
-                matmul_rows::<float::BlockF32, 2>(w, acts.ntok, out, &|rows, o| {
-                    let rows: &[f32] = bytemuck::cast_slice(rows);
-                    // SAFETY: as for F16.
-                    unsafe {
-                        if avx512 {
-                            avx512::f32_rows2(rows, x, o)
-                        } else {
-                            avx2::f32_rows2(rows, x, o)
-                        }
-                    }
+                matmul_rows::<float::BlockF32, 2>(w, acts.ntok, out, &|rows, o| unsafe {
+                    tier!(f32_rows2(bytemuck::cast_slice(rows), x, o))
                 });
             }
         }
@@ -730,13 +681,7 @@ fn matmul_ggml_x86(w: &WeightView, acts: &Acts, out: &mut [f32], isa: Isa) -> Re
             let a = acts.q8k();
             matmul_with::<k_quants::BlockQ6K>(w, acts, out, &|row, _, o| {
                 // SAFETY: as above, the activations prepared as Q8K.
-                unsafe {
-                    if avx512 {
-                        avx512::q6_k_tiled(row, a, o)
-                    } else {
-                        avx2::q6_k_tiled(row, a, o)
-                    }
-                }
+                unsafe { tier!(q6_k_tiled(row, a, o)) }
             });
         }
         _ => return Ok(false),

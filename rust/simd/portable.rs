@@ -337,17 +337,30 @@ pub fn q4_0_seq(
     acts: &[super::BlockQ8A],
     out: &mut [f32],
 ) {
+    nib32_seq(row, acts, out, |b| (b.d.to_f32(), &b.qs), |n| n as i32 - 8)
+}
+
+/// The shared order of [`q4_0_seq`] and [`iq4_nl_seq`]: blocks of 32 weights
+/// held as (scale, 16 bytes of two nibbles), `value` maps a nibble to its weight.
+fn nib32_seq<B>(
+    row: &[B],
+    acts: &[BlockQ8A],
+    out: &mut [f32],
+    parts: impl Fn(&B) -> (f32, &[u8; 16]),
+    value: impl Fn(u8) -> i32,
+) {
     let nb = row.len();
     for (t, o) in out.iter_mut().enumerate() {
         let mut acc = 0f32;
         for (b, a) in row.iter().zip(&acts[t * nb..(t + 1) * nb]) {
+            let (d, qs) = parts(b);
             let mut isum = 0i32;
             for j in 0..16 {
-                let lo = (b.qs[j] & 0x0f) as i32 - 8;
-                let hi = (b.qs[j] >> 4) as i32 - 8;
+                let lo = value(qs[j] & 0x0f);
+                let hi = value(qs[j] >> 4);
                 isum += lo * a.qs[j] as i32 + hi * a.qs[j + 16] as i32;
             }
-            acc = (isum as f32).mul_add(b.d.to_f32() * a.d, acc);
+            acc = (isum as f32).mul_add(d * a.d, acc);
         }
         *o = acc;
     }
@@ -460,18 +473,11 @@ pub fn q4_k_repacked_seq(
 /// code book, `ggml_gemm/gemv_iq4_nl_8x8_q8_0`; the reference of the x86
 /// `iq4_nl_x8` kernels): as [`q4_0_seq`].
 pub fn iq4_nl_seq(row: &[iq4::BlockIQ4NL], acts: &[BlockQ8A], out: &mut [f32]) {
-    let nb = row.len();
-    for (t, o) in out.iter_mut().enumerate() {
-        let mut acc = 0f32;
-        for (b, a) in row.iter().zip(&acts[t * nb..(t + 1) * nb]) {
-            let mut isum = 0i32;
-            for j in 0..16 {
-                let lo = KVALUES_IQ4NL[(b.qs[j] & 0x0f) as usize] as i32;
-                let hi = KVALUES_IQ4NL[(b.qs[j] >> 4) as usize] as i32;
-                isum += lo * a.qs[j] as i32 + hi * a.qs[j + 16] as i32;
-            }
-            acc = (isum as f32).mul_add(b.d.to_f32() * a.d, acc);
-        }
-        *o = acc;
-    }
+    nib32_seq(
+        row,
+        acts,
+        out,
+        |b| (b.d.to_f32(), &b.qs),
+        |n| KVALUES_IQ4NL[n as usize] as i32,
+    )
 }

@@ -279,6 +279,40 @@ fn attention_orders_match_reference() {
     }
 }
 
+/// `out[t * rows + r]` from a reference that computes row r for every token.
+fn per_row_reference(rows: usize, ntok: usize, mut row: impl FnMut(usize, &mut [f32])) -> Vec<f32> {
+    let mut want = vec![0f32; ntok * rows];
+    let mut o = vec![0f32; ntok];
+    for r in 0..rows {
+        row(r, &mut o);
+        for (t, v) in o.iter().enumerate() {
+            want[t * rows + r] = *v;
+        }
+    }
+    want
+}
+
+/// `want` (an order-following reference) is the plain dot product up to
+/// rounding, and the x86 tiers reproduce it bit for bit.
+fn assert_reference_and_tiers(w: &WeightView, acts: &Acts, want: &[f32], what: &str) {
+    let mut plain = vec![0f32; want.len()];
+    matmul_portable(w, acts, &mut plain).unwrap();
+    for (a, b) in want.iter().zip(&plain) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{what}: {a} {b}");
+    }
+    for isa in available_isas() {
+        if matches!(isa, Isa::Avx2 | Isa::Avx512) {
+            let mut got = vec![0f32; want.len()];
+            matmul_isa(w, acts, &mut got, isa).unwrap();
+            let same = got
+                .iter()
+                .zip(want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{what} {isa:?}");
+        }
+    }
+}
+
 #[test]
 fn q4_0_and_iq4_nl_repacked_order_matches_reference() {
     for qtype in [QType::Q4_0, QType::IQ4_NL] {
@@ -308,40 +342,23 @@ fn check_nib32_repacked(qtype: QType) {
             cols,
         };
         let per_row = cols / 32;
-        let mut want = vec![0f32; ntok * rows];
-        for r in 0..rows {
-            let mut o = vec![0f32; ntok];
+        let want = per_row_reference(rows, ntok, |r, o| {
             let rb = &bytes[r * per_row * 18..(r + 1) * per_row * 18];
             if qtype == QType::Q4_0 {
                 let blocks: Vec<legacy::BlockQ4_0> = bytemuck::pod_collect_to_vec(rb);
-                portable::q4_0_seq(&blocks, acts.q8(), &mut o);
+                portable::q4_0_seq(&blocks, acts.q8(), o);
             } else {
                 let blocks: Vec<iq4::BlockIQ4NL> = bytemuck::pod_collect_to_vec(rb);
-                portable::iq4_nl_seq(&blocks, acts.q8(), &mut o);
+                portable::iq4_nl_seq(&blocks, acts.q8(), o);
             }
-            for t in 0..ntok {
-                want[t * rows + r] = o[t];
-            }
-        }
-        // The reference is the plain dot product up to rounding.
-        let mut plain = vec![0f32; ntok * rows];
-        matmul_portable(&w, &acts, &mut plain).unwrap();
-        for (a, b) in want.iter().zip(&plain) {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()));
-        }
-        if repacked_by_ggml(&w) {
-            for isa in available_isas() {
-                if matches!(isa, Isa::Avx2 | Isa::Avx512) {
-                    let mut got = vec![0f32; ntok * rows];
-                    matmul_isa(&w, &acts, &mut got, isa).unwrap();
-                    let same = got
-                        .iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{qtype:?} {isa:?} {rows}x{cols} ntok {ntok}");
-                }
-            }
-        }
+        });
+        assert!(repacked_by_ggml(&w));
+        assert_reference_and_tiers(
+            &w,
+            &acts,
+            &want,
+            &format!("{qtype:?} {rows}x{cols} ntok {ntok}"),
+        );
     }
 }
 
@@ -509,33 +526,13 @@ fn q4_k_repacked_order_matches_reference() {
         let blocks: Vec<k_quants::BlockQ4K> = bytemuck::pod_collect_to_vec(&bytes);
         let per_row = cols / QK_K;
         let gemm = ntok - ntok % 4;
-        let mut want = vec![0f32; ntok * rows];
-        for r in 0..rows {
-            let mut o = vec![0f32; ntok];
+        let want = per_row_reference(rows, ntok, |r, o| {
             let row = &blocks[r * per_row..(r + 1) * per_row];
-            portable::q4_k_repacked_seq(row, acts.q8k_x4(), gemm, &mut o);
-            for t in 0..ntok {
-                want[t * rows + r] = o[t];
-            }
-        }
+            portable::q4_k_repacked_seq(row, acts.q8k_x4(), gemm, o);
+        });
         // The reference is the plain dot product up to rounding (and, for the
         // tied blocks, up to the activations' sign choice).
-        let mut plain = vec![0f32; ntok * rows];
-        matmul_portable(&w, &acts, &mut plain).unwrap();
-        for (a, b) in want.iter().zip(&plain) {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} {b}");
-        }
-        for isa in available_isas() {
-            if matches!(isa, Isa::Avx2 | Isa::Avx512) {
-                let mut got = vec![0f32; ntok * rows];
-                matmul_isa(&w, &acts, &mut got, isa).unwrap();
-                let same = got
-                    .iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{isa:?} {rows}x{cols} ntok {ntok}");
-            }
-        }
+        assert_reference_and_tiers(&w, &acts, &want, &format!("Q4_K {rows}x{cols} ntok {ntok}"));
     }
 }
 
@@ -562,35 +559,15 @@ fn q6_k_orders_match_reference() {
         };
         let blocks: Vec<k_quants::BlockQ6K> = bytemuck::pod_collect_to_vec(&bytes);
         let per_row = cols / QK_K;
-        let mut want = vec![0f32; ntok * rows];
-        for r in 0..rows {
-            let mut o = vec![0f32; ntok];
+        let want = per_row_reference(rows, ntok, |r, o| {
             let row = &blocks[r * per_row..(r + 1) * per_row];
             if ntok >= TILED_MIN_TOKENS {
-                portable::q6_k_tiled_seq(row, acts.q8k(), &mut o);
+                portable::q6_k_tiled_seq(row, acts.q8k(), o);
             } else {
-                portable::q6_k_lanes_seq(row, acts.q8k(), &mut o);
+                portable::q6_k_lanes_seq(row, acts.q8k(), o);
             }
-            for t in 0..ntok {
-                want[t * rows + r] = o[t];
-            }
-        }
-        let mut plain = vec![0f32; ntok * rows];
-        matmul_portable(&w, &acts, &mut plain).unwrap();
-        for (a, b) in want.iter().zip(&plain) {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} {b}");
-        }
-        for isa in available_isas() {
-            if matches!(isa, Isa::Avx2 | Isa::Avx512) {
-                let mut got = vec![0f32; ntok * rows];
-                matmul_isa(&w, &acts, &mut got, isa).unwrap();
-                let same = got
-                    .iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{isa:?} {rows}x{cols} ntok {ntok}");
-            }
-        }
+        });
+        assert_reference_and_tiers(&w, &acts, &want, &format!("Q6_K {rows}x{cols} ntok {ntok}"));
     }
 }
 
